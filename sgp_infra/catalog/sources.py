@@ -1,0 +1,117 @@
+"""Where a catalogue's raw config comes from: a stack file or Pulumi's config.
+
+Both loaders produce the same ``{key: value}`` map of the ``sgp-infra``
+namespace, which :func:`build_catalog` validates, so ``pulumi up`` and the CLI
+see the same catalogue.  Secret keys are skipped here: their values never enter
+the catalogue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+
+from .build import build_catalog
+from .errors import NAMESPACE, CatalogInvalid, ConfigError
+from .model import Catalog
+from .settings import SECRET_KEYS
+
+PREFIX = NAMESPACE + ":"
+
+
+class SourceError(Exception):
+    """The config could not be read at all (missing file, broken YAML)."""
+
+
+def project_root(start: Optional[Path] = None) -> Path:
+    """The directory holding ``Pulumi.yaml``, searching upward; else ``start``."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "Pulumi.yaml").is_file():
+            return candidate
+    return here
+
+
+def stack_file(stack: str, root: Optional[Path] = None) -> Path:
+    """``stacks/Pulumi.<stack>.yaml`` of the project (``stackConfigDir: stacks``)."""
+    return project_root(root) / "stacks" / f"Pulumi.{stack}.yaml"
+
+
+def read_stack_file(path: Path) -> dict[str, Any]:
+    """The parsed YAML of a stack config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such stack config file") from None
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read it ({exc.strerror})") from None
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise SourceError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise SourceError(f"{path}: a stack config file is a YAML map with a 'config' key")
+    return doc
+
+
+def raw_from_stack_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``sgp-infra`` namespace of a parsed stack file, prefix stripped."""
+    config = doc.get("config") or {}
+    if not isinstance(config, Mapping):
+        raise SourceError("the stack file's 'config' must be a map")
+    return {
+        key[len(PREFIX):]: value
+        for key, value in config.items()
+        if isinstance(key, str) and key.startswith(PREFIX) and key[len(PREFIX):] not in SECRET_KEYS
+    }
+
+
+def load_file(path: Path) -> Catalog:
+    """Validate the catalogue in a stack config file."""
+    return build_catalog(raw_from_stack_doc(read_stack_file(path)))
+
+
+def raw_from_pulumi() -> dict[str, Any]:
+    """The ``sgp-infra`` namespace of the running Pulumi program's config.
+
+    Pulumi hands structured values to programs as JSON text, so objects and
+    arrays are decoded; scalars stay strings and the settings model coerces
+    them (``"false"`` → ``False``) exactly as YAML scalars are.
+    """
+    from pulumi.runtime import config as runtime_config
+
+    keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    out: dict[str, Any] = {}
+    for full in sorted(k for k in keys if k.startswith(PREFIX)):
+        key = full[len(PREFIX):]
+        if key in SECRET_KEYS:
+            continue
+        value = runtime_config.get_config(full)
+        if isinstance(value, str) and value[:1] in ("{", "["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise CatalogInvalid([ConfigError(full, f"is not valid JSON: {exc}")]) from None
+        out[key] = value
+    return out
+
+
+def load_pulumi() -> Catalog:
+    """Validate the catalogue in the running Pulumi program's stack config."""
+    return build_catalog(raw_from_pulumi())
+
+
+def resolve_config_file(stack: Optional[str], config_file: Optional[str]) -> Path:
+    """The stack file named by the CLI's ``--stack``/``--config-file``."""
+    if config_file:
+        return Path(config_file)
+    if stack:
+        return stack_file(stack)
+    env_stack = os.environ.get("PULUMI_STACK")
+    if env_stack:
+        return stack_file(env_stack)
+    raise SourceError("name a stack with --stack NAME or a file with --config-file PATH")

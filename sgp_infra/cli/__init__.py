@@ -1,0 +1,54 @@
+"""``python -m sgp_infra``: the command line.
+
+Each subcommand lives in its own module with a ``register(subparsers)``
+function; this module only assembles them and maps failures to exit codes, so
+no command ever ends in a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from . import validate
+
+COMMANDS = [validate]
+
+EPILOG = """\
+The catalogue lives in stacks/Pulumi.<stack>.yaml under the sgp-infra: keys
+(templates, models, modelGroups). Every command reads it without Pulumi, so it
+works in CI and on a laptop with no cluster.
+
+examples:
+  python -m sgp_infra validate --stack dev
+  python -m sgp_infra validate --config-file path/to/Pulumi.prod.yaml
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sgp_infra",
+        description="Validate, render and serve an SGP model catalogue kept in Pulumi stack config.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `render --out - | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
