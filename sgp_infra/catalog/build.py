@@ -94,7 +94,8 @@ class _Builder:
 
         if self.errors or settings is None:
             raise CatalogInvalid(self.errors)
-        return Catalog(settings=settings, templates=tpl, models=resolved, groups=grp)
+        source = {k: v for k, v in self.raw.items() if k not in SECRET_KEYS}
+        return Catalog(settings=settings, templates=tpl, models=resolved, groups=grp, source=source)
 
     def _settings(self) -> Optional[StackSettings]:
         scalars = {k: v for k, v in self.raw.items() if k not in CATALOG_KEYS and k not in SECRET_KEYS}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Optional, Union
+from typing import Any, Literal, Mapping, Optional, Union
 
 from .entities import ModelGroup as ModelGroupSpec
 from .entities import ModelTemplate as ModelTemplateSpec
@@ -101,6 +101,14 @@ class Catalog:
     templates: Mapping[str, Template]
     models: Mapping[str, Model]
     groups: Mapping[str, Group]
+    #: The validated ``sgp-infra`` config it was built from (no secrets).
+    #: Publishing this, not a new format, is how the API in the cluster gets
+    #: the same catalogue: it rebuilds it with :func:`build_catalog`.
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def stack_document(self) -> dict[str, Any]:
+        """The catalogue as a stack config document (``{"config": {...}}``)."""
+        return {"config": {f"sgp-infra:{k}": v for k, v in self.source.items()}}
 
     def gpu_totals(self) -> dict[str, tuple[int, int]]:
         """GPUs per type at min and at max scale: ``{gpu_type: (min, max)}``."""

@@ -44,6 +44,8 @@ class StackSettings(BaseModel):
     api: ApiSettings = Field(default_factory=ApiSettings)
     auto_deploy: bool = Field(default=False, alias="autoDeploy")
     gpu_quota: Optional[dict[str, int]] = Field(default=None, alias="gpuQuota")
+    #: Where KEDA's prometheus trigger reads the API's in-flight metric.
+    prometheus_url: str = Field(default="http://prometheus-operated.monitoring.svc:9090", alias="prometheusUrl")
 
     @field_validator("namespace")
     @classmethod
