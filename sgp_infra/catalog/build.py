@@ -142,6 +142,8 @@ class _Builder:
                     message += " (pulumi config set sgp-infra:accountId <account>)"
             elif kind == "extra_forbidden":
                 known = _fields_at(cls, loc[:-1])
+                if settings:
+                    known = [*known, *CATALOG_KEYS, *SECRET_KEYS]
                 hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
                 message = "unknown field" if not settings else "unknown key"
                 message += f" (did you mean '{hint[0]}'?)" if hint else f" (known: {', '.join(sorted(known))})"

@@ -1,0 +1,93 @@
+"""The file loader and the Pulumi-config loader give the same catalogue, and an
+invalid catalogue stops the Pulumi program before any resource exists."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+
+from catalog_fixtures import ROOT, STACKS, raw_catalog
+from sgp_infra.catalog import load_file, load_pulumi
+
+
+def pulumi_config_of(config: dict[str, Any]) -> dict[str, str]:
+    """Stack-file config as the Pulumi engine hands it to a program: strings,
+    with structured values JSON-encoded."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, (dict, list)):
+            out[key] = json.dumps(value)
+        elif isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        else:
+            out[key] = str(value)
+    return out
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        self.resources: list[pulumi.runtime.MockResourceArgs] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        self.resources.append(args)
+        return f"{args.name}-id", args.inputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
+        return {}, []
+
+
+@pytest.fixture
+def mocks() -> RecordingMocks:
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="sgp-infra", stack="test", preview=False)
+    yield mocks
+    pulumi.runtime.set_all_config({})
+
+
+@pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.name)
+def test_both_loaders_give_the_same_catalogue(stack: Path, mocks: RecordingMocks) -> None:
+    doc = yaml.safe_load(stack.read_text())
+    pulumi.runtime.set_all_config(pulumi_config_of(doc["config"]))
+    from_pulumi = load_pulumi()
+    from_file = load_file(stack)
+    assert from_pulumi == from_file
+    assert from_pulumi.summary() == from_file.summary()
+    assert {m.id for m in from_pulumi.models.values()} == {m.id for m in from_file.models.values()}
+
+
+def test_scalar_settings_arrive_as_strings_from_pulumi(mocks: RecordingMocks) -> None:
+    raw = raw_catalog() | {"createPriorityClasses": False, "api": {"replicas": 3}}
+    pulumi.runtime.set_all_config(pulumi_config_of({f"sgp-infra:{k}": v for k, v in raw.items()}))
+    catalog = load_pulumi()
+    assert catalog.settings.create_priority_classes is False
+    assert catalog.settings.api.replicas == 3
+
+
+def test_secret_keys_never_enter_the_catalogue(mocks: RecordingMocks, tmp_path: Path) -> None:
+    config = {f"sgp-infra:{k}": v for k, v in raw_catalog().items()}
+    config["sgp-infra:apiKeys"] = {"secure": "v1:abc"}
+    path = tmp_path / "Pulumi.s.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    assert "apiKeys" not in load_file(path).source
+    pulumi.runtime.set_all_config(pulumi_config_of(config | {"sgp-infra:apiKeys": {"k": ["acct"]}}))
+    assert "apiKeys" not in load_pulumi().source
+
+
+@pulumi.runtime.test
+def test_invalid_catalogue_registers_no_resource(mocks: RecordingMocks) -> None:
+    raw = raw_catalog()
+    raw["models"]["m4"]["model_creation_parameters"] = {}
+    raw["models"]["m5"]["vendor_configuration"]["model_infra"]["gpus"] = 0
+    pulumi.runtime.set_all_config(pulumi_config_of({f"sgp-infra:{k}": v for k, v in raw.items()}))
+    with pytest.raises(pulumi.RunError) as info:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+    text = str(info.value)
+    assert "sgp-infra:models.m4.model_creation_parameters.weights" in text
+    assert "sgp-infra:models.m5.vendor_configuration.model_infra.gpus" in text
+    assert mocks.resources == []

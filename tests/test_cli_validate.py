@@ -1,0 +1,88 @@
+"""``python -m sgp_infra validate``: exit codes, summary, error list, help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from catalog_fixtures import ROOT, raw_catalog
+from sgp_infra.cli import main
+
+
+def write_stack(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "Pulumi.t.yaml"
+    path.write_text(yaml.safe_dump({"config": {f"sgp-infra:{k}": v for k, v in raw.items()}}))
+    return path
+
+
+def test_valid_stack_prints_one_summary_line() -> None:
+    proc = subprocess.run([sys.executable, "-m", "sgp_infra", "validate", "--stack", "dev"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert "1 template, 2 models (1 v4, 1 v5), 1 group" in lines[0]
+    assert "nvidia-tesla-t4 0/1" in lines[0]
+
+
+def test_prod_summary_counts_gpus_by_type(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--config-file", str(ROOT / "stacks" / "Pulumi.prod.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "nvidia-hopper-h100 8/16" in out and "nvidia-hopper-h100-1g20gb 0/6" in out
+
+
+def test_invalid_stack_lists_every_problem_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = raw_catalog()
+    raw["models"]["m4"]["model_creation_parameters"] = {}
+    raw["models"]["m5"]["vendor_configuration"]["model_infra"]["min_workers"] = 9
+    assert main(["validate", "--config-file", str(write_stack(tmp_path, raw))]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "2 problems" in captured.err
+    assert "sgp-infra:models.m4.model_creation_parameters.weights: required by template 'tpl'" in captured.err
+    assert "sgp-infra:models.m5.vendor_configuration.model_infra.min_workers" in captured.err
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    (None, "no such stack config file"),
+    ("config: [1, 2", "not valid YAML"),
+    ("- a list", "YAML map"),
+])
+def test_unreadable_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None,
+                                 fragment: str) -> None:
+    path = tmp_path / "Pulumi.x.yaml"
+    if content is not None:
+        path.write_text(content)
+    assert main(["validate", "--config-file", str(path)]) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_unknown_stack_name_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    assert main(["validate", "--stack", "nope"]) == 2
+    assert "Pulumi.nope.yaml" in capsys.readouterr().err
+
+
+def test_no_source_given(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PULUMI_STACK", raising=False)
+    assert main(["validate"]) == 2
+    assert "--stack NAME" in capsys.readouterr().err
+
+
+def test_help_explains_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["validate", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--stack" in out and "--config-file" in out and "config path" in out
+
+
+def test_stack_and_config_file_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["validate", "--stack", "dev", "--config-file", "x"])
+    assert info.value.code == 2
