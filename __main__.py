@@ -1,19 +1,36 @@
-"""The Pulumi program: the stack's catalogue, validated, then deployed.
+"""The Pulumi program: the stack's catalogue, validated, planned, then deployed.
 
-Every catalogue problem is reported together, each with its config path, and
-the program stops before registering any resource.
+Every catalogue problem (validation and planning alike) is reported together,
+each with its config path, and the program stops before registering any
+resource.  A stack that sets ``kubernetes:renderYamlToDirectory`` gets an
+explicit Kubernetes provider that writes the manifests to that directory
+instead of talking to a cluster.
 """
 
+from typing import Optional
+
 import pulumi
+import pulumi_kubernetes as k8s
 
 from sgp_infra.catalog import CatalogInvalid, load_pulumi
+from sgp_infra.components import ModelCatalog
+from sgp_infra.plan import plan_catalog
 
 try:
     catalog = load_pulumi()
+    plan = plan_catalog(catalog)
 except CatalogInvalid as invalid:
     for problem in invalid.errors:
         pulumi.log.error(str(problem))
     raise pulumi.RunError(invalid.render()) from None
+
+opts: Optional[pulumi.ResourceOptions] = None
+render_dir = pulumi.Config("kubernetes").get("renderYamlToDirectory")
+if render_dir:
+    provider = k8s.Provider("render-yaml", render_yaml_to_directory=render_dir)
+    opts = pulumi.ResourceOptions(provider=provider)
+
+models = ModelCatalog("sgp-infra", {"catalog": catalog, "plan": plan}, opts=opts)
 
 pulumi.export("catalog", {
     "summary": catalog.summary(),
@@ -22,3 +39,6 @@ pulumi.export("catalog", {
     "modelGroups": sorted(catalog.groups),
     "gpus": {gpu: {"min": lo, "max": hi} for gpu, (lo, hi) in catalog.gpu_totals().items()},
 })
+pulumi.export("namespace", models.namespace)
+pulumi.export("modelUrls", models.urls)
+pulumi.export("placements", {name: e.placement for name, e in models.endpoints.items()})

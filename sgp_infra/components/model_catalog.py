@@ -1,0 +1,67 @@
+"""``ModelCatalog``: a whole catalogue — namespace, shared objects, one ModelEndpoint per model."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, TypedDict
+
+import pulumi
+
+from ..catalog import Catalog
+from ..plan import Plan, plan_catalog
+from .model_endpoint import ModelEndpoint
+from .resources import register_manifest
+
+try:  # Python 3.11+
+    from typing import NotRequired
+except ImportError:  # pragma: no cover - 3.10
+    from typing_extensions import NotRequired
+
+TYPE = "sgp-infra:index:ModelCatalog"
+
+
+class ModelCatalogArgs(TypedDict):
+    """Inputs of a :class:`ModelCatalog`."""
+
+    catalog: Catalog
+    """The validated catalogue (``sgp_infra.catalog.load_pulumi()``)."""
+    plan: NotRequired[Plan]
+    """Its plan, when the caller already made one (planning raises CatalogInvalid)."""
+
+
+def shared_suffix(manifest: dict[str, Any]) -> str:
+    return f"{manifest['kind'].lower()}-{manifest['metadata']['name']}"
+
+
+class ModelCatalog(pulumi.ComponentResource):
+    """Every model of a catalogue, deployed into the stack's namespace."""
+
+    namespace: pulumi.Output[str]
+    """The namespace name, available once the Namespace exists."""
+    urls: pulumi.Output[dict[str, str]]
+    """Model name → in-cluster URL of its Service."""
+    endpoints: dict[str, ModelEndpoint]
+
+    def __init__(self, name: str, args: ModelCatalogArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__(TYPE, name, None, opts)
+        catalog = args["catalog"]
+        plan = args["plan"] if "plan" in args else plan_catalog(catalog)
+        self.shared: dict[str, pulumi.CustomResource] = {}
+        namespace: Optional[pulumi.Output[str]] = None
+        for manifest in plan.shared:
+            resource = register_manifest(f"{name}-{shared_suffix(manifest)}", manifest,
+                                         pulumi.ResourceOptions(parent=self), namespace=namespace)
+            self.shared[shared_suffix(manifest)] = resource
+            if manifest["kind"] == "Namespace":
+                namespace = resource.urn.apply(lambda _, ns=plan.namespace: ns)
+        self.namespace = namespace if namespace is not None else pulumi.Output.from_input(plan.namespace)
+        self.endpoints = {}
+        for model_name, model_plan in plan.models.items():
+            self.endpoints[model_name] = ModelEndpoint(
+                f"{name}-{model_plan.object_name}",
+                {"model": catalog.models[model_name], "settings": catalog.settings,
+                 "namespace": self.namespace, "plan": model_plan},
+                pulumi.ResourceOptions(parent=self),
+            )
+        self.urls = pulumi.Output.all(**{n: e.url for n, e in self.endpoints.items()}) if self.endpoints \
+            else pulumi.Output.from_input({})
+        self.register_outputs({"namespace": self.namespace, "urls": self.urls})

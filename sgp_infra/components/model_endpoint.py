@@ -1,0 +1,85 @@
+"""``ModelEndpoint``: one model's Deployment, Service, autoscaler and PDB."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, TypedDict
+
+import pulumi
+
+from ..catalog import CatalogInvalid, Model, StackSettings
+from ..plan import ModelPlan, plan_model
+from ..plan.gpu import resolve_profile
+from .resources import register_manifest
+
+try:  # Python 3.11+
+    from typing import NotRequired
+except ImportError:  # pragma: no cover - 3.10
+    from typing_extensions import NotRequired
+
+TYPE = "sgp-infra:index:ModelEndpoint"
+
+
+class ModelEndpointArgs(TypedDict):
+    """Inputs of a :class:`ModelEndpoint`."""
+
+    model: Model
+    """The validated model (``Catalog.models[name]``)."""
+    settings: StackSettings
+    """The stack's settings: namespace, GPU profile, autoscaler, Prometheus URL."""
+    namespace: NotRequired[pulumi.Input[str]]
+    """The namespace as an output of the Namespace resource, so objects wait for it."""
+    plan: NotRequired[ModelPlan]
+    """The model's plan when the caller already planned the catalogue."""
+
+
+def child_suffix(manifest: dict[str, Any]) -> str:
+    """``deployment``, ``service``, ``scaledobject``, ``horizontalpodautoscaler``…"""
+    return manifest["kind"].lower()
+
+
+def plan_for(args: ModelEndpointArgs) -> ModelPlan:
+    """The given plan, or one made here (raising CatalogInvalid like plan_catalog)."""
+    if "plan" in args:
+        return args["plan"]
+    profile, errors = resolve_profile(args["settings"])
+    if profile is None:
+        raise CatalogInvalid(errors)
+    planned = plan_model(args["model"], args["settings"], profile)
+    if isinstance(planned, list):
+        raise CatalogInvalid(planned)
+    return planned
+
+
+class ModelEndpoint(pulumi.ComponentResource):
+    """A model served on the cluster: exactly the planner's objects for it.
+
+    The Deployment's ``customTimeouts`` cover the model's readiness delay plus
+    a margin, so ``pulumi up`` waits out a slow weight load instead of failing
+    at the provider's 10-minute default.
+    """
+
+    url: pulumi.Output[str]
+    """In-cluster URL of the model's Service."""
+    deployment_name: pulumi.Output[str]
+    placement: pulumi.Output[dict[str, Any]]
+    """The resolved GPU placement: profile, resource, count, nodeSelector, tolerations."""
+
+    def __init__(self, name: str, args: ModelEndpointArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__(TYPE, name, None, opts)
+        planned = plan_for(args)
+        namespace = args.get("namespace")
+        timeout = f"{planned.rollout_timeout_seconds}s"
+        self.resources: dict[str, pulumi.CustomResource] = {}
+        for manifest in planned.manifests:
+            suffix = child_suffix(manifest)
+            child_opts = pulumi.ResourceOptions(parent=self)
+            if manifest["kind"] == "Deployment":
+                child_opts.custom_timeouts = pulumi.CustomTimeouts(create=timeout, update=timeout)
+            self.resources[suffix] = register_manifest(f"{name}-{suffix}", manifest, child_opts, namespace=namespace)
+        deployment = self.resources["deployment"]
+        # Outputs that resolve once the Deployment (and so the model) is up.
+        self.url = deployment.urn.apply(lambda _: planned.service_url)
+        self.deployment_name = deployment.urn.apply(lambda _: planned.deployment_name)
+        self.placement = pulumi.Output.from_input(planned.placement.to_dict())
+        self.register_outputs({"url": self.url, "deployment_name": self.deployment_name,
+                               "placement": self.placement})
