@@ -11,9 +11,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import validate
+from . import render, validate
 
-COMMANDS = [validate]
+COMMANDS = [validate, render]
 
 EPILOG = """\
 The catalogue lives in stacks/Pulumi.<stack>.yaml under the sgp-infra: keys
