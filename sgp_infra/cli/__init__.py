@@ -11,9 +11,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import render, validate
+from . import diff, render, validate
 
-COMMANDS = [validate, render]
+COMMANDS = [validate, render, diff]
 
 EPILOG = """\
 The catalogue lives in stacks/Pulumi.<stack>.yaml under the sgp-infra: keys
