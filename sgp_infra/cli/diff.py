@@ -19,6 +19,7 @@ from ..diff import (
     to_json,
     to_markdown,
 )
+from ..plan import plan_catalog
 from .common import EXIT_INVALID, EXIT_USAGE, add_source_args, config_file_of
 
 HELP = "compare a stack's catalogue with a base (git ref or file): changes, pod restarts, GPUs, warnings"
@@ -78,11 +79,13 @@ def run(args: argparse.Namespace) -> int:
     label = _display(path)
     try:
         current = build_catalog(raw)
+        plan_catalog(current)  # problems only planning finds (e.g. a GPU type the profile cannot place)
     except CatalogInvalid as exc:
         hints = dangling_group_members(base.catalog, raw)
         render = invalid_json if args.format == "json" else invalid_markdown
         sys.stdout.write(render(label, base.label, exc.errors, hints))
-        print(f"error: {label}: the catalogue is invalid ({len(exc.errors)} problems, listed above); "
+        n = len(exc.errors)
+        print(f"error: {label}: the catalogue is invalid ({n} problem{'s' if n != 1 else ''}, listed above); "
               f"fix them, then check with: python -m sgp_infra validate --config-file {label}", file=sys.stderr)
         return EXIT_INVALID
     diff = diff_catalogs(base.catalog, current, base.problem)

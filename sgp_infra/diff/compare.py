@@ -13,15 +13,24 @@ Two views of each model are compared:
   on every model built from it and each change is classified by its effect
   on the running pods (restart, scaling only, catalogue metadata only).
 
+Whether a model's pods restart is decided by the planner, the only code that
+knows what a manifest contains: the pods are replaced exactly when the planned
+Deployment's pod template (or its name/namespace) differs.  The field
+classification says *why*; when a restart has no field to blame (a GPU
+profile or namespace setting changed), the model is listed with a
+``pod template`` change.  If a side cannot be planned, the classification of
+the fields alone decides.
+
 Everything here is pure: no files, no git, no Pulumi.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Literal, Mapping, Optional
 
-from ..catalog import Catalog, Model, config_path
+from ..catalog import Catalog, CatalogInvalid, Model, config_path
+from ..plan import plan_catalog
 
 Effect = Literal["restart", "scale", "none"]
 Status = Literal["added", "removed", "changed"]
@@ -163,13 +172,17 @@ def diff_catalogs(base: Optional[Catalog], current: Catalog,
     b_models = base.models if base else {}
     b_groups = base.groups if base else {}
 
-    models = tuple(_model_diffs(b_models, current.models))
+    pods_before = pod_templates(base) if base else {}
+    pods_after = pod_templates(current)
+    models_list = list(_model_diffs(b_models, current.models, pods_before, pods_after))
     rolls: dict[str, list[str]] = {}
-    for d in models:
+    for i, d in enumerate(models_list):
         if d.status == "changed" and d.restarts:
             tpl = current.models[d.name].template
             if tpl is not None and _template_restart_changed(b_templates.get(tpl.name), tpl.spec):
                 rolls.setdefault(tpl.name, []).append(d.name)
+                models_list[i] = replace(d, via_template=tpl.name)
+    models = tuple(models_list)
     templates = tuple(_template_diffs(b_templates, current.templates, rolls))
     groups = tuple(_group_diffs(b_groups, current.groups))
     settings = tuple(_field_changes(
@@ -183,7 +196,28 @@ def diff_catalogs(base: Optional[Catalog], current: Catalog,
                        gpus=gpus, warnings=warnings, has_base=base is not None)
 
 
-def _model_diffs(before: Mapping[str, Model], after: Mapping[str, Model]) -> Iterable[EntityDiff]:
+def pod_templates(catalog: Catalog) -> Optional[dict[str, Any]]:
+    """Per model, what replacing its pods depends on: Deployment namespace, name, pod template.
+
+    ``None`` when the catalogue cannot be planned (e.g. a GPU type its
+    profile cannot place).
+    """
+    try:
+        plan = plan_catalog(catalog)
+    except CatalogInvalid:
+        return None
+    out: dict[str, Any] = {}
+    for name, planned in plan.models.items():
+        dep = next((m for m in planned.manifests if m.get("kind") == "Deployment"), None)
+        if dep is not None:
+            meta = dep.get("metadata", {})
+            out[name] = (meta.get("namespace"), meta.get("name"), dep.get("spec", {}).get("template"))
+    return out
+
+
+def _model_diffs(before: Mapping[str, Model], after: Mapping[str, Model],
+                 pods_before: Optional[Mapping[str, Any]] = None,
+                 pods_after: Optional[Mapping[str, Any]] = None) -> Iterable[EntityDiff]:
     for name in sorted(set(before) | set(after)):
         old, new = before.get(name), after.get(name)
         if old is None:
@@ -194,12 +228,19 @@ def _model_diffs(before: Mapping[str, Model], after: Mapping[str, Model]) -> Ite
         else:
             fields = tuple(_field_changes(_dump(old.spec), _dump(new.spec),
                                           lambda parts, n=name: config_path("models", n, *parts)))
-            resolved = tuple(_resolved_changes(old, new))
+            resolved = list(_resolved_changes(old, new))
+            restarts = any(c.effect == "restart" for c in resolved)
+            if pods_before is not None and pods_after is not None and name in pods_before and name in pods_after:
+                planned_restart = pods_before[name] != pods_after[name]
+                if planned_restart and not restarts:
+                    resolved.append(ResolvedChange("pod template", None, None, "restart"))
+                elif restarts and not planned_restart:
+                    resolved = [replace(c, effect="none") if c.effect == "restart" else c for c in resolved]
+                restarts = planned_restart
             if not fields and not resolved:
                 continue
-            restarts = any(c.effect == "restart" for c in resolved)
             via = new.template.name if (not fields and new.template is not None) else None
-            yield EntityDiff("model", name, "changed", fields=fields, resolved=resolved,
+            yield EntityDiff("model", name, "changed", fields=fields, resolved=tuple(resolved),
                              restarts=restarts, via_template=via)
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from ..catalog import ConfigError
-from .compare import CatalogDiff, EntityDiff, FieldChange, GpuRow, Warning
+from .compare import CatalogDiff, EntityDiff, FieldChange, GpuRow, ResolvedChange, Warning
 
 NO_CHANGES = "no catalogue changes"
 MAX_VALUE = 80
@@ -36,7 +36,7 @@ def headline(diff: CatalogDiff) -> str:
     if diff.settings:
         parts.append(f"{len(diff.settings)} setting{'s' if len(diff.settings) != 1 else ''} changed")
     restarting = len(diff.restarting_models)
-    parts.append(f"{restarting} model{'s' if restarting != 1 else ''} restart pods")
+    parts.append(f"{restarting} model{' restarts' if restarting == 1 else 's restart'} pods")
     return ", ".join(parts)
 
 
@@ -140,9 +140,14 @@ def _details(models: Sequence[EntityDiff]) -> list[str]:
         if d.resolved:
             out.append("  - resolved:" if d.fields else f"  - resolved (through template `{d.via_template}`):"
                        if d.via_template else "  - resolved:")
-            out += [f"    - `{c.field}`: {_value(c.before)} → {_value(c.after)} ({_effect_text(c.effect)})"
-                    for c in d.resolved]
+            out += [f"    - {_resolved_text(c)}" for c in d.resolved]
     return out + ["", "</details>", ""]
+
+
+def _resolved_text(c: ResolvedChange) -> str:
+    if c.field == "pod template":
+        return "the planned pod template differs (a stack setting changed): restarts pods"
+    return f"`{c.field}`: {_value(c.before)} → {_value(c.after)} ({_effect_text(c.effect)})"
 
 
 def _effect_text(effect: str) -> str:
