@@ -11,9 +11,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import diff, render, validate
+from . import diff, render, serve, validate
 
-COMMANDS = [validate, render, diff]
+COMMANDS = [validate, render, diff, serve]
 
 EPILOG = """\
 The catalogue lives in stacks/Pulumi.<stack>.yaml under the sgp-infra: keys
