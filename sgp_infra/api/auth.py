@@ -1,0 +1,120 @@
+"""API keys, the accounts they may see, and the per-request caller.
+
+Keys come from ``SGP_INFRA_API_KEYS``, a JSON object mapping each key to the
+accounts it may see (``{"<key>": ["acme-ml", ...]}``); in a cluster the
+``sgp-infra-api-keys`` Secret fills it from the Pulumi secret
+``sgp-infra:apiKeys``.
+
+Rules every route relies on (through the :func:`caller` dependency):
+
+* ``x-api-key`` is required everywhere except the health routes;
+* the key is compared against every configured key with
+  :func:`hmac.compare_digest`, without stopping at the first match, so timing
+  says nothing about which keys exist;
+* ``x-selected-account-id`` narrows the caller to one of the key's accounts;
+* an entity of an account the caller cannot see is *not found* (404), never
+  forbidden, so its existence is not confirmed;
+* keys never appear in logs, errors or ``repr``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from fastapi import Request
+
+from .errors import ApiError
+
+ENV_VAR = "SGP_INFRA_API_KEYS"
+
+#: The key ``serve`` uses on a loopback address when ``SGP_INFRA_API_KEYS`` is
+#: unset.  Public and documented; never accepted on any other address.
+DEV_API_KEY = "sgp-infra-dev-key"
+
+
+class ApiKeysInvalid(ValueError):
+    """``SGP_INFRA_API_KEYS`` is not a ``{"key": ["account", ...]}`` object."""
+
+
+def parse_api_keys(text: str) -> dict[str, frozenset[str]]:
+    """Parse the key → accounts mapping; messages never include a key."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiKeysInvalid(f"{ENV_VAR} is not valid JSON ({exc.msg} at position {exc.pos}); "
+                             'expected {"<key>": ["<account>", ...]}') from None
+    if not isinstance(raw, dict) or not raw:
+        raise ApiKeysInvalid(f'{ENV_VAR} must be a non-empty JSON object {{"<key>": ["<account>", ...]}}')
+    out: dict[str, frozenset[str]] = {}
+    for n, (key, accounts) in enumerate(raw.items(), start=1):
+        if not key:
+            raise ApiKeysInvalid(f"{ENV_VAR}: key number {n} is empty")
+        if isinstance(accounts, str):
+            accounts = [accounts]
+        if not isinstance(accounts, list) or not accounts or not all(isinstance(a, str) and a for a in accounts):
+            raise ApiKeysInvalid(f"{ENV_VAR}: key number {n} must map to a non-empty list of account ids")
+        out[key] = frozenset(accounts)
+    return out
+
+
+def api_keys_from_env(environ: Mapping[str, str] = os.environ) -> Optional[dict[str, frozenset[str]]]:
+    """The configured keys, or ``None`` when the variable is unset."""
+    text = environ.get(ENV_VAR)
+    return None if text is None or not text.strip() else parse_api_keys(text)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the accounts whose entities they may see."""
+
+    accounts: frozenset[str]
+
+    def can_see(self, account_id: str) -> bool:
+        return account_id in self.accounts
+
+    def __repr__(self) -> str:  # never the key
+        return f"Caller(accounts={sorted(self.accounts)})"
+
+
+class KeyRing:
+    """The configured keys, matched in constant time."""
+
+    def __init__(self, keys: Mapping[str, frozenset[str]]):
+        self._keys = [(k.encode(), frozenset(a)) for k, a in keys.items()]
+
+    def __repr__(self) -> str:
+        return f"KeyRing({len(self._keys)} keys)"
+
+    def accounts_for(self, presented: str) -> Optional[frozenset[str]]:
+        candidate = presented.encode()
+        found: Optional[frozenset[str]] = None
+        for key, accounts in self._keys:
+            # No early exit: every key is compared on every request.
+            if hmac.compare_digest(candidate, key):
+                found = accounts
+        return found
+
+
+def authenticate(keyring: KeyRing, api_key: Optional[str], selected: Optional[str]) -> Caller:
+    """The caller for these header values, or an :class:`ApiError` (401/403)."""
+    if not api_key:
+        raise ApiError(401, "missing x-api-key header; send your sgp-infra API key in it")
+    accounts = keyring.accounts_for(api_key)
+    if accounts is None:
+        raise ApiError(401, "the x-api-key header holds no valid API key")
+    if selected:
+        if selected not in accounts:
+            raise ApiError(403, f"this API key may not act for account '{selected}'; "
+                                "drop x-selected-account-id or pick one of the key's accounts")
+        return Caller(frozenset((selected,)))
+    return Caller(accounts)
+
+
+async def caller(request: Request) -> Caller:
+    """FastAPI dependency: the authenticated caller of this request."""
+    return authenticate(request.app.state.keyring, request.headers.get("x-api-key"),
+                        request.headers.get("x-selected-account-id"))

@@ -1,0 +1,67 @@
+"""Helpers every route module shares: state access, JSON responses, visibility."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import orjson
+from fastapi import Request
+from starlette.responses import Response
+
+from .auth import Caller
+from .errors import ApiError
+from .status import ModelStatus, StatusSource
+from .views import V4_STATUS, CatalogIndex, ModelEntry, live_created_at
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def index_of(request: Request) -> CatalogIndex:
+    return request.app.state.index
+
+
+def status_of(request: Request) -> StatusSource:
+    return request.app.state.status
+
+
+def visible(items: Iterable[dict[str, Any]], caller: Caller, account_id: Optional[str] = None) -> list[dict[str, Any]]:
+    """Items the caller may see, optionally narrowed to ``account_id``."""
+    accounts = caller.accounts if not account_id else caller.accounts & {account_id}
+    return [i for i in items if i["account_id"] in accounts]
+
+
+def visible_model(request: Request, caller: Caller, ref: str) -> ModelEntry:
+    """The model named ``ref`` (name, id or deployment id), or a 404 ApiError.
+
+    A model of an account the caller cannot see is reported exactly like one
+    that does not exist.
+    """
+    entry = index_of(request).model(ref)
+    if entry is None or not caller.can_see(entry.model.account_id):
+        raise ApiError(404, f"no model '{ref}' in the accounts this API key may see")
+    return entry
+
+
+def live_v4_model(entry: ModelEntry, st: ModelStatus) -> dict[str, Any]:
+    out = dict(entry.v4)
+    out["created_at"] = live_created_at(entry, st, entry.v4)
+    return out
+
+
+def live_v5_model(entry: ModelEntry, st: ModelStatus) -> dict[str, Any]:
+    out = dict(entry.v5)
+    out["created_at"] = live_created_at(entry, st, entry.v5)
+    out["status"] = st.status
+    out["status_reason"] = st.reason
+    return out
+
+
+def live_deployment(entry: ModelEntry, st: ModelStatus) -> dict[str, Any]:
+    out = dict(entry.deployment)
+    out["created_at"] = live_created_at(entry, st, entry.deployment)
+    out["status"] = V4_STATUS[st.status]
+    out["deployment_metadata"] = {**out["deployment_metadata"], "status_reason": st.reason,
+                                  "ready_replicas": st.ready_replicas}
+    return out

@@ -1,0 +1,72 @@
+"""Prometheus metrics and the per-request log line, in one ASGI middleware.
+
+A plain ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``: it
+adds no task or stream wrapping per request, which matters for the list
+benchmark.  Requests are labelled by route *template* (``/v4/models/{model_id}``),
+never by raw path, so label cardinality stays bounded; unmatched paths share
+the ``unmatched`` label.
+
+Each app has its own :class:`CollectorRegistry` (``app.state.metrics.registry``);
+other parts of the service (inference routing) register their metrics on it so
+``/metrics`` shows everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("sgp_infra.api.access")
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("sgp_infra_api_requests_total", "HTTP requests answered, by route and status",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("sgp_infra_api_request_duration_seconds", "Time to answer a request, by route",
+                                 ["method", "route"], buckets=BUCKETS, registry=self.registry)
+
+
+def _route_of(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = _route_of(scope)
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                fields: dict[str, Any] = {"method": method, "path": scope["path"], "route": route,
+                                          "status": status, "duration_ms": round(elapsed * 1000, 3)}
+                access_log.info("request", extra=fields)

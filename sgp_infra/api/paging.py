@@ -1,0 +1,95 @@
+"""Filtering, sorting and the two pagination styles of the SGP API.
+
+v4 pages by number (``page`` from 1, ``limit`` up to 10,000) and reports
+``total_item_count``; v5 pages by cursor (``starting_after``/``ending_before``
+an item id) and reports ``has_more``.  Both operate on lists of response
+dicts already narrowed to what the caller may see.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Sequence
+
+import orjson
+
+from .errors import ApiError
+
+MAX_LIMIT = 10_000
+DEFAULT_LIMIT = 100
+
+
+def _sort_key(field: str):  # type: ignore[no-untyped-def]
+    def key(item: dict[str, Any]) -> tuple[int, Any]:
+        value = item.get(field)
+        if value is None:
+            return (1, "")
+        if isinstance(value, (dict, list)):
+            return (0, orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())
+        if isinstance(value, bool):
+            return (0, int(value))
+        return (0, value)
+    return key
+
+
+def sort_items(items: list[dict[str, Any]], specs: Sequence[tuple[str, bool]]) -> list[dict[str, Any]]:
+    """Stable multi-key sort; ``specs`` is ``[(field, descending), ...]`` most significant first."""
+    out = list(items)
+    for field, descending in reversed(specs):
+        try:
+            out.sort(key=_sort_key(field), reverse=descending)
+        except TypeError:  # mixed types in one field: compare their text
+            out.sort(key=lambda i: str(i.get(field)), reverse=descending)
+    return out
+
+
+def parse_v4_sort(sort_by: Optional[Iterable[str]], allowed: Iterable[str]) -> list[tuple[str, bool]]:
+    """``["name:asc", "created_at:desc"]`` → specs; unknown fields are a 422."""
+    allowed = set(allowed)
+    specs = []
+    for raw in sort_by or ():
+        for part in raw.split(","):  # tolerate comma-joined lists
+            if not part:
+                continue
+            field, _, direction = part.partition(":")
+            direction = direction or "asc"
+            if field not in allowed or direction not in ("asc", "desc"):
+                raise ApiError(422, f"invalid sort_by {part!r}: use <field>:asc or <field>:desc with a field of "
+                                    f"{', '.join(sorted(allowed))}")
+            specs.append((field, direction == "desc"))
+    return specs
+
+
+def page_v4(items: list[dict[str, Any]], page: int, limit: int) -> dict[str, Any]:
+    start = (page - 1) * limit
+    return {
+        "items": items[start:start + limit],
+        "current_page": page,
+        "items_per_page": limit,
+        "total_item_count": len(items),
+    }
+
+
+def page_v5(items: list[dict[str, Any]], limit: int, starting_after: Optional[str],
+            ending_before: Optional[str]) -> dict[str, Any]:
+    if starting_after and ending_before:
+        raise ApiError(422, "give starting_after or ending_before, not both")
+    ids = [i["id"] for i in items]
+    if starting_after:
+        try:
+            start = ids.index(starting_after) + 1
+        except ValueError:
+            raise ApiError(422, f"starting_after {starting_after!r} is not the id of an item in this list") from None
+        chunk = items[start:start + limit]
+        has_more = start + limit < len(items)
+    elif ending_before:
+        try:
+            end = ids.index(ending_before)
+        except ValueError:
+            raise ApiError(422, f"ending_before {ending_before!r} is not the id of an item in this list") from None
+        begin = max(0, end - limit)
+        chunk = items[begin:end]
+        has_more = begin > 0
+    else:
+        chunk = items[:limit]
+        has_more = limit < len(items)
+    return {"object": "list", "items": chunk, "has_more": has_more, "limit": limit, "total": len(items)}

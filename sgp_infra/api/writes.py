@@ -1,0 +1,219 @@
+"""Writes answer 405: the catalogue has one source of truth, the stack config.
+
+Every create, update and delete the official clients can send to a catalogue
+route is registered here so it gets a useful answer instead of a bare 405: a
+JSON error naming the config path to edit and the ``pulumi config`` commands
+that would make the change (built from the request body where it can be).
+An entity the caller cannot see is described generically, exactly like one
+that does not exist.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shlex
+from typing import Any, Callable, Optional
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+
+from ..catalog import config_path
+from .auth import Caller, caller
+from .common import index_of
+from .errors import ApiError
+
+router = APIRouter(tags=["writes (405)"])
+
+_MAX_BODY = 64 * 1024
+_PLACEHOLDER = "NAME"
+
+
+def _stack_flag(request: Request) -> str:
+    stack = getattr(request.app.state, "stack", None)
+    return f" --stack {shlex.quote(stack)}" if stack else ""
+
+
+def _config_file(request: Request) -> str:
+    stack = getattr(request.app.state, "stack", None)
+    return f"stacks/Pulumi.{stack}.yaml" if stack else "stacks/Pulumi.<stack>.yaml"
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw or len(raw) > _MAX_BODY:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _scalar(value: Any) -> Optional[str]:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return None
+
+
+def _set_commands(request: Request, key: str, name: str, fields: dict[str, Any]) -> tuple[list[str], list[str]]:
+    commands, nested = [], []
+    for field, value in fields.items():
+        if field in ("id", "name", "account_id", "created_at", "created_by_user_id") or value is None:
+            continue
+        text = _scalar(value)
+        if text is None:
+            nested.append(field)
+            continue
+        path = config_path(key, name, field)
+        commands.append(f"pulumi config set{_stack_flag(request)} --path {shlex.quote(path)} {shlex.quote(text)}")
+    return commands, nested
+
+
+def _refuse(request: Request, what: str, path: str, commands: list[str], nested: list[str] = ()) -> ApiError:
+    detail = (f"{what} is not done through the API: the catalogue is the stack config "
+              f"({_config_file(request)}). Edit {path}, then run `pulumi up`.")
+    if nested:
+        detail += f" Write {', '.join(nested)} in the YAML file directly."
+    return ApiError(405, detail, config_path=path, config_file=_config_file(request), commands=commands,
+                    allow="GET")
+
+
+def _name_of(request: Request, who: Caller, kind: str, ref: str) -> str:
+    """The config key of a visible entity, else a placeholder (no existence leak)."""
+    index = index_of(request)
+    if kind == "models":
+        entry = index.model(ref)
+        return entry.model.name if entry and who.can_see(entry.model.account_id) else _PLACEHOLDER
+    item = index.template(ref) if kind == "templates" else index.group(ref)
+    return item["name"] if item and who.can_see(item["account_id"]) else _PLACEHOLDER
+
+
+def _create(kind: str, noun: str) -> Callable[..., Any]:
+    async def create(request: Request, who: Caller = Depends(caller)) -> None:
+        body = await _body(request)
+        name = body.get("name") if isinstance(body.get("name"), str) and body.get("name") else _PLACEHOLDER
+        commands, nested = _set_commands(request, kind, name, body)
+        if not commands:
+            commands = [f"pulumi config set{_stack_flag(request)} --path "
+                        f"{shlex.quote(config_path(kind, name, '<field>'))} <value>"]
+        raise _refuse(request, f"Creating a {noun}", config_path(kind, name), commands, nested)
+    create.__name__ = f"create_{kind}"
+    return create
+
+
+def _update(kind: str, noun: str, param: str) -> Callable[..., Any]:
+    async def update(request: Request, who: Caller = Depends(caller), **_: str) -> None:
+        name = _name_of(request, who, kind, request.path_params[param])
+        commands, nested = _set_commands(request, kind, name, await _body(request))
+        if not commands:
+            commands = [f"pulumi config set{_stack_flag(request)} --path "
+                        f"{shlex.quote(config_path(kind, name, '<field>'))} <value>"]
+        raise _refuse(request, f"Updating a {noun}", config_path(kind, name), commands, nested)
+    update.__name__ = f"update_{kind}"
+    return update
+
+
+def _delete(kind: str, noun: str, param: str) -> Callable[..., Any]:
+    async def delete(request: Request, who: Caller = Depends(caller), **_: str) -> None:
+        name = _name_of(request, who, kind, request.path_params[param])
+        path = config_path(kind, name)
+        raise _refuse(request, f"Deleting a {noun}", path,
+                      [f"pulumi config rm{_stack_flag(request)} --path {shlex.quote(path)}"])
+    delete.__name__ = f"delete_{kind}"
+    return delete
+
+
+def _with_path_param(fn: Callable[..., Any], param: Optional[str]) -> Callable[..., Any]:
+    """Declare ``param`` in ``fn``'s signature so the OpenAPI document lists it."""
+    if param is None:
+        return fn
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    params.insert(1, inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, annotation=str))
+    params.sort(key=lambda p: p.kind)
+    fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return fn
+
+
+def _add(path: str, fn: Callable[..., Any], method: str, summary: str) -> None:
+    router.add_api_route(path, fn, methods=[method], summary=summary, status_code=405,
+                         responses={405: {"description": "the catalogue is edited in stack config"}},
+                         name=f"{method.lower()} {path}")
+
+
+for _kind, _noun, _base, _param in (
+    ("templates", "model template", "/v4/model-templates", "model_template_id"),
+    ("models", "model", "/v4/models", "model_id"),
+    ("modelGroups", "model group", "/v4/model-groups", "model_group_id"),
+    ("models", "model", "/v5/models", "model_id"),
+):
+    _add(_base, _create(_kind, _noun), "POST", f"Create a {_noun} (405: edit stack config)")
+    if _kind != "templates":  # the v4 client has no template update
+        _add(f"{_base}/{{{_param}}}", _with_path_param(_update(_kind, _noun, _param), _param), "PATCH",
+             f"Update a {_noun} (405)")
+    _add(f"{_base}/{{{_param}}}", _with_path_param(_delete(_kind, _noun, _param), _param), "DELETE",
+         f"Delete a {_noun} (405)")
+
+
+@router.post("/v4/model-groups/{model_group_id}/models/{model_instance_id}", status_code=405,
+             summary="Add a model to a group (405: edit stack config)")
+async def add_group_member(request: Request, model_group_id: str, model_instance_id: str,
+                           who: Caller = Depends(caller)) -> None:
+    model = _name_of(request, who, "models", model_instance_id)
+    group = _name_of(request, who, "modelGroups", model_group_id)
+    path = config_path("models", model, "model_group_id")
+    raise _refuse(request, "Adding a model to a group", path,
+                  [f"pulumi config set{_stack_flag(request)} --path {shlex.quote(path)} {shlex.quote(group)}"])
+
+
+@router.delete("/v4/model-groups/{model_group_id}/models/{model_instance_id}", status_code=405,
+               summary="Remove a model from a group (405: edit stack config)")
+async def remove_group_member(request: Request, model_group_id: str, model_instance_id: str,
+                              who: Caller = Depends(caller)) -> None:
+    model = _name_of(request, who, "models", model_instance_id)
+    path = config_path("models", model, "model_group_id")
+    raise _refuse(request, "Removing a model from a group", path,
+                  [f"pulumi config rm{_stack_flag(request)} --path {shlex.quote(path)}"],
+                  )
+
+
+@router.post("/v4/models/{model_instance_id}/deployments", status_code=405,
+             summary="Create a deployment (405: pulumi up deploys every model)")
+async def create_deployment(request: Request, model_instance_id: str, who: Caller = Depends(caller)) -> None:
+    model = _name_of(request, who, "models", model_instance_id)
+    raise _refuse(request, "Creating a deployment", config_path("models", model),
+                  [f"pulumi up{_stack_flag(request)}"])
+
+
+async def _change_deployment(request: Request, model_instance_id: str, who: Caller, verb: str) -> None:
+    model = _name_of(request, who, "models", model_instance_id)
+    if verb == "Deleting":
+        path = config_path("models", model)
+        commands = [f"pulumi config rm{_stack_flag(request)} --path {shlex.quote(path)}"]
+        raise _refuse(request, f"{verb} a deployment", path, commands)
+    body = await _body(request)
+    scaling = {k: v for k, v in body.items() if k in ("min_workers", "max_workers", "per_worker")}
+    vc = body.get("vendor_configuration")
+    if isinstance(vc, dict):
+        scaling.update({k: v for k, v in vc.items() if k in ("min_workers", "max_workers", "per_worker")})
+    commands, _ = _set_commands(request, "models", model, scaling)
+    if not commands:
+        commands = [f"pulumi config set{_stack_flag(request)} --path "
+                    f"{shlex.quote(config_path('models', model, 'min_workers'))} <n>"]
+    raise _refuse(request, f"{verb} a deployment", config_path("models", model), commands)
+
+
+@router.patch("/v4/models/{model_instance_id}/deployments/{deployment_id}", status_code=405,
+              summary="Update a deployment (405: edit stack config)")
+async def update_deployment(request: Request, model_instance_id: str, deployment_id: str,
+                            who: Caller = Depends(caller)) -> None:
+    await _change_deployment(request, model_instance_id, who, "Updating")
+
+
+@router.delete("/v4/models/{model_instance_id}/deployments/{deployment_id}", status_code=405,
+               summary="Delete a deployment (405: edit stack config)")
+async def delete_deployment(request: Request, model_instance_id: str, deployment_id: str,
+                            who: Caller = Depends(caller)) -> None:
+    await _change_deployment(request, model_instance_id, who, "Deleting")

@@ -1,0 +1,133 @@
+"""``serve``: run the catalogue API on a stack's catalogue.
+
+Locally the catalogue is read from the stack file and status comes from
+probing each model's healthcheck route; in a pod (``--status kubernetes``, the
+default when ``KUBERNETES_SERVICE_HOST`` is set) it is read from the model
+Deployments.  API keys come from ``SGP_INFRA_API_KEYS``; on a loopback address
+with the variable unset, the documented dev key ``sgp-infra-dev-key`` is bound
+to every account of the catalogue.  Any other address refuses to start without
+keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from typing import Optional
+
+from ..catalog import Catalog
+from .common import EXIT_USAGE, add_source_args, try_load
+
+HELP = "run the SGP v4/v5 API service on a stack's catalogue (default http://127.0.0.1:8080)"
+
+DESCRIPTION = """\
+Serves the catalogue of a stack config file over the SGP v4 and v5 routes, so
+the official clients (scale-gp, scale-gp-beta) can read it:
+
+  SGP_API_KEY=sgp-infra-dev-key python -c "import scale_gp; ..."
+
+API keys: SGP_INFRA_API_KEYS='{"<key>": ["<account>", ...]}'. When it is unset
+and --host is a loopback address, the dev key 'sgp-infra-dev-key' sees every
+account of the catalogue; on any other address the service refuses to start.
+
+Status: 'probe' asks each model's healthcheck route, 'kubernetes' reads the
+model Deployments (in a pod), 'none' reports every model ready.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("serve", help=HELP, description=DESCRIPTION,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_args(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 picks one)")
+    parser.add_argument("--status", choices=("auto", "kubernetes", "probe", "none"), default="auto",
+                        help="where model status comes from (default: kubernetes in a pod, else probe)")
+    parser.add_argument("--namespace", default=None,
+                        help="namespace of the model Deployments (default: the stack's sgp-infra:namespace)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.set_defaults(run=run)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_keys(catalog: Catalog, host: str) -> Optional[dict[str, frozenset[str]]]:
+    """Keys from the environment, the dev key on loopback, else ``None`` (after printing why)."""
+    from ..api.auth import DEV_API_KEY, ENV_VAR, ApiKeysInvalid, api_keys_from_env
+
+    try:
+        keys = api_keys_from_env()
+    except ApiKeysInvalid as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    if keys is not None:
+        return keys
+    if not is_loopback(host):
+        print(f"error: {ENV_VAR} is not set; refusing to serve on {host} without API keys. Set it to "
+              """'{"<key>": ["<account>"]}' or listen on 127.0.0.1 to use the dev key.""", file=sys.stderr)
+        return None
+    accounts = frozenset({catalog.settings.account_id}
+                         | {m.account_id for m in catalog.models.values()}
+                         | {t.account_id for t in catalog.templates.values()}
+                         | {g.account_id for g in catalog.groups.values()})
+    print(f"note: {ENV_VAR} is not set; on this loopback address the dev API key '{DEV_API_KEY}' "
+          f"sees accounts {', '.join(sorted(accounts))}", file=sys.stderr)
+    return {DEV_API_KEY: accounts}
+
+
+def build_status(kind: str, catalog: Catalog, namespace: Optional[str], backends: dict[str, str]):  # type: ignore[no-untyped-def]
+    from ..api.status import ProbeStatus, StaticStatus
+
+    if kind == "auto":
+        kind = "kubernetes" if os.environ.get("KUBERNETES_SERVICE_HOST") else "probe"
+    if kind == "none":
+        return StaticStatus()
+    if kind == "kubernetes":
+        from ..api.kube_status import KubeStatus
+
+        return KubeStatus(namespace or catalog.settings.namespace)
+    ns = catalog.settings.namespace
+    targets = {}
+    for m in catalog.models.values():
+        base = backends.get(m.name) or backends.get(m.object_name) or f"http://{m.object_name}.{ns}.svc.cluster.local"
+        targets[m.object_name] = base.rstrip("/") + m.healthcheck_route
+    return ProbeStatus(targets)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from ..api import create_app
+        from ..api.logs import configure_json_logging
+    except ImportError as exc:
+        print(f"error: serving needs the api extra ({exc.name} is missing): pip install 'sgp-infra[api]'",
+              file=sys.stderr)
+        return EXIT_USAGE
+    catalog, code = try_load(args)
+    if catalog is None:
+        return code
+    keys = resolve_keys(catalog, args.host)
+    if keys is None:
+        return EXIT_USAGE
+    backends: dict[str, str] = dict(getattr(args, "backends", None) or {})
+    status = build_status(args.status, catalog, args.namespace, backends)
+    app = create_app(catalog, api_keys=keys, status_source=status, stack=args.stack, backends=backends)
+    configure_json_logging()
+    print(f"serving {catalog.summary()} on http://{args.host}:{args.port}", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
+                    log_level=args.log_level)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
