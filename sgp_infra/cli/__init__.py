@@ -11,9 +11,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import diff, render, serve, validate
+from . import diff, render, serve, stacks, validate
 
-COMMANDS = [validate, render, diff, serve]
+COMMANDS = [validate, render, diff, serve, stacks]
 
 EPILOG = """\
 The catalogue lives in stacks/Pulumi.<stack>.yaml under the sgp-infra: keys
