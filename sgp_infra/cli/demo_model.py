@@ -1,0 +1,64 @@
+"""``demo-model``: run the deterministic echo model server on a local port.
+
+With it, the whole path (stack config → ``serve --backend`` → official client
+→ model) runs on a laptop with no GPU and no cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import EXIT_USAGE
+
+HELP = "run a tiny deterministic echo model server speaking SGP, VLLM (OpenAI) or COHERE"
+
+DESCRIPTION = """\
+Starts an echo model server: completions echo the prompt (prefixed by
+--greeting or $DEMO_GREETING), chat echoes the last user message, embeddings
+are derived from a hash of each text, rerank scores are word overlap. Streams
+send the echo word by word.
+
+  SGP     POST /predict, POST /generate_streaming (SSE)
+  VLLM    POST /v1/completions, /v1/chat/completions (stream: true -> SSE), /v1/embeddings
+  COHERE  POST /v1/generate (stream: true -> JSON lines), /v1/embed, /v1/rerank
+  all     GET /readyz, /health
+
+example (a real inference round trip on a laptop):
+  python -m sgp_infra demo-model --port 5005 --protocol SGP --name echo &
+  python -m sgp_infra serve --stack dev --backend echo=http://127.0.0.1:5005
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo-model", help=HELP, description=DESCRIPTION,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5005, help="port to listen on (default 5005, Launch's)")
+    parser.add_argument("--protocol", type=str.upper, choices=("SGP", "VLLM", "COHERE"), default="SGP",
+                        help="wire protocol to speak (default SGP)")
+    parser.add_argument("--name", default="demo", help="model name the server reports (default demo)")
+    parser.add_argument("--greeting", default=None, help="prefix of every echo (default $DEMO_GREETING or none)")
+    parser.add_argument("--dim", type=int, default=8, help="embedding dimension (default 8)")
+    parser.add_argument("--token-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="pause between streamed words (default 0)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..demo_model import DemoModel
+
+    if args.dim < 1 or args.token_delay < 0:
+        print("error: --dim must be at least 1 and --token-delay at least 0", file=sys.stderr)
+        return EXIT_USAGE
+    app = DemoModel(args.protocol, name=args.name, greeting=args.greeting, dim=args.dim,
+                    token_delay=args.token_delay)
+    print(f"demo model '{args.name}' speaking {args.protocol} on http://{args.host}:{args.port}", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
