@@ -50,8 +50,9 @@ def make_catalog(extra_acme: int = 23, extra_other: int = 3) -> Catalog:
     for i in range(extra_other):
         models[f"other-{i:02d}"] = v5_entry(account="other-account")
     raw["models"] = models
-    raw["modelGroups"] = {**raw["modelGroups"], "others": {"account_id": "other-account",
-                                                           "models": ["other-00"]}}
+    if extra_other:
+        raw["modelGroups"] = {**raw["modelGroups"], "others": {"account_id": "other-account",
+                                                               "models": ["other-00"]}}
     return build_catalog(raw)
 
 
