@@ -1,0 +1,88 @@
+"""``CatalogApi``: the SGP API service for a catalogue, in the stack's namespace.
+
+Registers exactly the objects :func:`sgp_infra.plan.api.plan_api` plans, plus
+the API keys Secret, whose value comes from the Pulumi secret
+``sgp-infra:apiKeys`` (``{"<key>": ["<account>", ...]}``) and stays a secret
+output: it is never exported and never appears in a plain manifest.
+
+Without ``sgp-infra:apiKeys`` no Secret is created and a warning says how to
+set it; the pods then refuse to serve (they never fall back to a dev key off
+loopback).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Optional, TypedDict
+
+import pulumi
+
+from ..catalog import Catalog
+from ..plan.api import API_KEYS_KEY, API_NAME, api_keys_secret, plan_api
+from .resources import register_manifest
+
+try:  # Python 3.11+
+    from typing import NotRequired
+except ImportError:  # pragma: no cover - 3.10
+    from typing_extensions import NotRequired
+
+TYPE = "sgp-infra:index:CatalogApi"
+
+SET_KEYS_HINT = ("pulumi config set --secret sgp-infra:apiKeys '{\"<key>\": [\"<account>\"]}' "
+                 "(the API refuses requests until it has keys)")
+
+
+class CatalogApiArgs(TypedDict):
+    """Inputs of a :class:`CatalogApi`."""
+
+    catalog: Catalog
+    """The validated catalogue to publish and serve."""
+    api_keys: NotRequired[pulumi.Input[Mapping[str, Any]]]
+    """Key → accounts; defaults to the secret config ``sgp-infra:apiKeys``."""
+    namespace: NotRequired[pulumi.Resource]
+    """The Namespace resource, when this program creates it (adds the dependency)."""
+
+
+def child_suffix(manifest: Mapping[str, Any]) -> str:
+    return manifest["kind"].lower()
+
+
+class CatalogApi(pulumi.ComponentResource):
+    """The catalogue API: Deployment, Service, catalogue ConfigMap, keys Secret, RBAC, PDB."""
+
+    url: pulumi.Output[str]
+    """In-cluster URL of the API Service."""
+    catalog_checksum: pulumi.Output[str]
+    """Checksum of the published catalogue (a change rolls the pods)."""
+
+    def __init__(self, name: str, args: CatalogApiArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__(TYPE, name, None, opts)
+        catalog = args["catalog"]
+        ns = catalog.settings.namespace
+        depends = [args["namespace"]] if "namespace" in args else []
+        child = pulumi.ResourceOptions(parent=self, depends_on=depends)
+
+        keys = args["api_keys"] if "api_keys" in args else pulumi.Config("sgp-infra").get_secret_object("apiKeys")
+        self.secret: Optional[pulumi.CustomResource] = None
+        if keys is None:
+            pulumi.log.warn(f"sgp-infra:apiKeys is not set; set it with {SET_KEYS_HINT}", self)
+        else:
+            manifest = {**api_keys_secret(ns),
+                        "stringData": {API_KEYS_KEY: pulumi.Output.secret(keys).apply(
+                            lambda value: json.dumps(value, sort_keys=True))}}
+            self.secret = register_manifest(
+                f"{name}-secret", manifest,
+                pulumi.ResourceOptions(parent=self, depends_on=depends,
+                                       additional_secret_outputs=["stringData", "data"]))
+
+        self.children: dict[str, pulumi.CustomResource] = {}
+        for manifest in plan_api(catalog):
+            extra = [self.secret] if manifest["kind"] == "Deployment" and self.secret is not None else []
+            self.children[child_suffix(manifest)] = register_manifest(
+                f"{name}-{child_suffix(manifest)}", manifest,
+                pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[*depends, *extra])))
+        deployment = next(m for m in plan_api(catalog) if m["kind"] == "Deployment")
+        self.url = pulumi.Output.from_input(f"http://{API_NAME}.{ns}.svc.cluster.local")
+        self.catalog_checksum = pulumi.Output.from_input(
+            deployment["spec"]["template"]["metadata"]["annotations"]["sgp-infra.io/catalog-checksum"])
+        self.register_outputs({"url": self.url, "catalog_checksum": self.catalog_checksum})

@@ -1,0 +1,166 @@
+"""The catalogue API's objects, planned as plain manifests (no Pulumi).
+
+One Deployment (``settings.api.replicas``, 2 by default) under the restricted
+Pod Security Standard, its Service, the published catalogue ConfigMap, a
+ServiceAccount whose Role only reads model Deployments, ReplicaSets and pods
+(and the catalogue ConfigMap) in the namespace, and a PodDisruptionBudget.
+
+The pod template carries a checksum of the published catalogue, so a catalogue
+change rolls the API pods.  The API keys Secret is *not* planned with a value:
+keys are a Pulumi secret, and plain manifests (``render``, outputs) must never
+hold them.  :func:`api_keys_secret` gives its metadata; the component adds the
+value from ``sgp-infra:apiKeys``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import yaml
+
+from ..catalog import Catalog
+from .labels import COMPONENT, INSTANCE, MANAGED_BY, MANAGED_BY_KEY, NAME, PART_OF, PART_OF_KEY
+
+API_NAME = "sgp-infra-api"
+CATALOG_CONFIGMAP = "sgp-infra-catalog"
+CATALOG_KEY = "catalog.yaml"
+API_KEYS_SECRET = "sgp-infra-api-keys"
+API_KEYS_KEY = "api-keys.json"
+API_PORT = 8080
+API_PORT_NAME = "http"
+CATALOG_MOUNT = "/etc/sgp-infra"
+CHECKSUM_ANNOTATION = "sgp-infra.io/catalog-checksum"
+RUN_AS = 10001
+
+
+def api_labels() -> dict[str, str]:
+    return {NAME: API_NAME, INSTANCE: API_NAME, COMPONENT: "api", PART_OF_KEY: PART_OF, MANAGED_BY_KEY: MANAGED_BY}
+
+
+def api_selector() -> dict[str, str]:
+    """Immutable Deployment selector; also matches the NetworkPolicy's API pod selector."""
+    return {INSTANCE: API_NAME, COMPONENT: "api", PART_OF_KEY: PART_OF}
+
+
+def _meta(name: str, namespace: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": api_labels()}
+
+
+def catalog_document(catalog: Catalog) -> str:
+    """The published catalogue: the stack document the API rebuilds with ``build_catalog``."""
+    return yaml.safe_dump(catalog.stack_document(), sort_keys=True, allow_unicode=True)
+
+
+def catalog_checksum(catalog: Catalog) -> str:
+    return hashlib.sha256(catalog_document(catalog).encode()).hexdigest()
+
+
+def config_map(catalog: Catalog) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(CATALOG_CONFIGMAP, catalog.settings.namespace),
+            "data": {CATALOG_KEY: catalog_document(catalog)}}
+
+
+def api_keys_secret(namespace: str) -> dict[str, Any]:
+    """The Secret's shape without its value (``stringData`` is added by the component)."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(API_KEYS_SECRET, namespace), "type": "Opaque"}
+
+
+def service_account(namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(API_NAME, namespace)}
+
+
+def role(namespace: str) -> dict[str, Any]:
+    read = ["get", "list", "watch"]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(API_NAME, namespace),
+        "rules": [
+            {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": read},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": read},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CATALOG_CONFIGMAP], "verbs": ["get"]},
+        ],
+    }
+
+
+def role_binding(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(API_NAME, namespace),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": API_NAME},
+        "subjects": [{"kind": "ServiceAccount", "name": API_NAME, "namespace": namespace}],
+    }
+
+
+def container(catalog: Catalog) -> dict[str, Any]:
+    http = {"path": "/healthz", "port": API_PORT_NAME}
+    return {
+        "name": "api",
+        "image": catalog.settings.api.image,
+        "args": ["serve", "--config-file", f"{CATALOG_MOUNT}/{CATALOG_KEY}", "--host", "0.0.0.0",
+                 "--port", str(API_PORT), "--status", "kubernetes"],
+        "ports": [{"name": API_PORT_NAME, "containerPort": API_PORT, "protocol": "TCP"}],
+        "env": [
+            {"name": "SGP_INFRA_API_KEYS",
+             "valueFrom": {"secretKeyRef": {"name": API_KEYS_SECRET, "key": API_KEYS_KEY, "optional": True}}},
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+        ],
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+        "readinessProbe": {"httpGet": {**http, "path": "/readyz"}, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": http, "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
+        "startupProbe": {"httpGet": http, "periodSeconds": 2, "failureThreshold": 30},
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+            "allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "catalog", "mountPath": CATALOG_MOUNT, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def deployment(catalog: Catalog) -> dict[str, Any]:
+    ns = catalog.settings.namespace
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(API_NAME, ns),
+        "spec": {
+            "replicas": catalog.settings.api.replicas,
+            "selector": {"matchLabels": api_selector()},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": api_labels(),
+                    "annotations": {CHECKSUM_ANNOTATION: catalog_checksum(catalog),
+                                    "prometheus.io/scrape": "true", "prometheus.io/port": str(API_PORT),
+                                    "prometheus.io/path": "/metrics"},
+                },
+                "spec": {
+                    "serviceAccountName": API_NAME,
+                    "automountServiceAccountToken": True,  # it reads Deployments
+                    "enableServiceLinks": False,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [container(catalog)],
+                    "volumes": [{"name": "catalog", "configMap": {"name": CATALOG_CONFIGMAP}},
+                                {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                },
+            },
+        },
+    }
+
+
+def service(namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(API_NAME, namespace),
+            "spec": {"selector": api_selector(), "type": "ClusterIP",
+                     "ports": [{"name": API_PORT_NAME, "port": 80, "targetPort": API_PORT_NAME, "protocol": "TCP"}]}}
+
+
+def pdb(namespace: str) -> dict[str, Any]:
+    # maxUnavailable rather than minAvailable: a single replica still drains.
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(API_NAME, namespace),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": api_selector()}}}
+
+
+def plan_api(catalog: Catalog) -> list[dict[str, Any]]:
+    """The API's objects in apply order (the keys Secret excluded; see module doc)."""
+    ns = catalog.settings.namespace
+    return [service_account(ns), role(ns), role_binding(ns), config_map(catalog), deployment(catalog),
+            service(ns), pdb(ns)]
