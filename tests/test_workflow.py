@@ -154,6 +154,7 @@ def test_pull_requests_get_tests_diff_comment_and_preview(workflow: dict[str, An
     (pulumi,) = steps_using(workflow, "preview", "pulumi/actions")
     assert pulumi["with"]["command"] == "preview" and pulumi["with"]["comment-on-pr"] is True
     assert pulumi["with"]["stack-name"] == "${{ matrix.stack }}"
+    assert pulumi["with"]["policyPacks"] == "policy" and (ROOT / "policy" / "PulumiPolicy.yaml").is_file()
     order = [preview["steps"].index(s) for s in (diff_step, comment, pulumi)]
     assert order == sorted(order), "diff, then the comment, then pulumi preview"
 
