@@ -8,7 +8,7 @@ import pulumi
 
 from ..catalog import Catalog
 from ..plan import Plan, plan_catalog
-from .model_endpoint import ModelEndpoint
+from .model_endpoint import ModelEndpoint, ModelEndpointArgs
 from .resources import register_manifest
 
 try:  # Python 3.11+
@@ -46,22 +46,25 @@ class ModelCatalog(pulumi.ComponentResource):
         catalog = args["catalog"]
         plan = args["plan"] if "plan" in args else plan_catalog(catalog)
         self.shared: dict[str, pulumi.CustomResource] = {}
-        namespace: Optional[pulumi.Output[str]] = None
+        namespace: Optional[pulumi.CustomResource] = None
         for manifest in plan.shared:
-            resource = register_manifest(f"{name}-{shared_suffix(manifest)}", manifest,
-                                         pulumi.ResourceOptions(parent=self), namespace=namespace)
+            # Everything namespaced waits for the Namespace to exist.
+            resource = register_manifest(
+                f"{name}-{shared_suffix(manifest)}", manifest,
+                pulumi.ResourceOptions(parent=self, depends_on=[namespace] if namespace else None))
             self.shared[shared_suffix(manifest)] = resource
             if manifest["kind"] == "Namespace":
-                namespace = resource.urn.apply(lambda _, ns=plan.namespace: ns)
-        self.namespace = namespace if namespace is not None else pulumi.Output.from_input(plan.namespace)
+                namespace = resource
+        self.namespace = (namespace.urn.apply(lambda _, ns=plan.namespace: ns) if namespace is not None
+                          else pulumi.Output.from_input(plan.namespace))
         self.endpoints = {}
         for model_name, model_plan in plan.models.items():
-            self.endpoints[model_name] = ModelEndpoint(
-                f"{name}-{model_plan.object_name}",
-                {"model": catalog.models[model_name], "settings": catalog.settings,
-                 "namespace": self.namespace, "plan": model_plan},
-                pulumi.ResourceOptions(parent=self),
-            )
+            endpoint_args: ModelEndpointArgs = {"model": catalog.models[model_name], "settings": catalog.settings,
+                                                "plan": model_plan}
+            if namespace is not None:
+                endpoint_args["namespace"] = namespace
+            self.endpoints[model_name] = ModelEndpoint(f"{name}-{model_plan.object_name}", endpoint_args,
+                                                       pulumi.ResourceOptions(parent=self))
         self.urls = pulumi.Output.all(**{n: e.url for n, e in self.endpoints.items()}) if self.endpoints \
             else pulumi.Output.from_input({})
         self.register_outputs({"namespace": self.namespace, "urls": self.urls})

@@ -26,8 +26,8 @@ class ModelEndpointArgs(TypedDict):
     """The validated model (``Catalog.models[name]``)."""
     settings: StackSettings
     """The stack's settings: namespace, GPU profile, autoscaler, Prometheus URL."""
-    namespace: NotRequired[pulumi.Input[str]]
-    """The namespace as an output of the Namespace resource, so objects wait for it."""
+    namespace: NotRequired[pulumi.Resource]
+    """The Namespace resource the model's objects must wait for, when it is created alongside."""
     plan: NotRequired[ModelPlan]
     """The model's plan when the caller already planned the catalogue."""
 
@@ -67,19 +67,18 @@ class ModelEndpoint(pulumi.ComponentResource):
     def __init__(self, name: str, args: ModelEndpointArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__(TYPE, name, None, opts)
         planned = plan_for(args)
-        namespace = args.get("namespace")
+        depends_on = [args["namespace"]] if "namespace" in args else None
         timeout = f"{planned.rollout_timeout_seconds}s"
         self.resources: dict[str, pulumi.CustomResource] = {}
         for manifest in planned.manifests:
             suffix = child_suffix(manifest)
-            child_opts = pulumi.ResourceOptions(parent=self)
+            child_opts = pulumi.ResourceOptions(parent=self, depends_on=depends_on)
             if manifest["kind"] == "Deployment":
                 child_opts.custom_timeouts = pulumi.CustomTimeouts(create=timeout, update=timeout)
-            self.resources[suffix] = register_manifest(f"{name}-{suffix}", manifest, child_opts, namespace=namespace)
-        deployment = self.resources["deployment"]
-        # Outputs that resolve once the Deployment (and so the model) is up.
-        self.url = deployment.urn.apply(lambda _: planned.service_url)
-        self.deployment_name = deployment.urn.apply(lambda _: planned.deployment_name)
+            self.resources[suffix] = register_manifest(f"{name}-{suffix}", manifest, child_opts)
+        # Known from the plan, so they are known in previews too.
+        self.url = pulumi.Output.from_input(planned.service_url)
+        self.deployment_name = pulumi.Output.from_input(planned.deployment_name)
         self.placement = pulumi.Output.from_input(planned.placement.to_dict())
         self.register_outputs({"url": self.url, "deployment_name": self.deployment_name,
                                "placement": self.placement})
