@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 
 from sgp_infra.catalog import CatalogInvalid, load_pulumi
 from sgp_infra.components import ModelCatalog
+from sgp_infra.components.catalog_api import CatalogApi
 from sgp_infra.plan import plan_catalog
 
 try:
@@ -31,6 +32,10 @@ if render_dir:
     opts = pulumi.ResourceOptions(provider=provider)
 
 models = ModelCatalog("sgp-infra", {"catalog": catalog, "plan": plan}, opts=opts)
+# The API serves this catalogue; its keys come from the secret sgp-infra:apiKeys.
+namespace = next((r for key, r in models.shared.items() if key.startswith("namespace-")), None)
+api = CatalogApi("sgp-infra-api", {"catalog": catalog, **({"namespace": namespace} if namespace else {})},
+                 opts=opts)
 
 pulumi.export("catalog", {
     "summary": catalog.summary(),
@@ -41,4 +46,5 @@ pulumi.export("catalog", {
 })
 pulumi.export("namespace", models.namespace)
 pulumi.export("modelUrls", models.urls)
+pulumi.export("apiUrl", api.url)
 pulumi.export("placements", {name: e.placement for name, e in models.endpoints.items()})

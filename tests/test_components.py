@@ -24,6 +24,7 @@ from plan_fixtures import ROOT, STACKS, raw_catalog
 from sgp_infra.catalog import build_catalog, load_file
 from sgp_infra.components import ModelEndpoint
 from sgp_infra.plan import plan_catalog
+from sgp_infra.plan.api import plan_api
 
 
 @dataclass
@@ -34,16 +35,18 @@ class Registration:
     parent: str
     provider: str
     create_timeout: str
+    dependencies: tuple[str, ...] = ()
 
 
 class Recorder(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.registered: list[Registration] = []
-        self._pending: dict[tuple[str, str], tuple[str, str]] = {}
+        self._pending: dict[tuple[str, str], tuple[str, str, tuple[str, ...]]] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict[str, Any]]:
-        parent, timeout = self._pending.pop((args.typ, args.name), ("", ""))
-        self.registered.append(Registration(args.typ, args.name, dict(args.inputs), parent, args.provider, timeout))
+        parent, timeout, deps = self._pending.pop((args.typ, args.name), ("", "", ()))
+        self.registered.append(Registration(args.typ, args.name, dict(args.inputs), parent, args.provider, timeout,
+                                            deps))
         return f"{args.name}-id", args.inputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
@@ -54,7 +57,8 @@ class RecordingMonitor(MockMonitor):
     """Also notes each registration's parent and custom timeouts, which mocks do not see."""
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
-        self.mocks._pending[(request.type, request.name)] = (request.parent, request.customTimeouts.create)
+        self.mocks._pending[(request.type, request.name)] = (request.parent, request.customTimeouts.create,
+                                                             tuple(request.dependencies))
         return super().RegisterResource(request)
 
 
@@ -107,11 +111,13 @@ def by_urn_suffix(recorder: Recorder) -> dict[str, Registration]:
 @pytest.mark.parametrize("stack", STACKS, ids=[p.name for p in STACKS])
 def test_program_registers_exactly_the_planned_manifests(stack: Path, recorder: Recorder) -> None:
     run_program(stack)
-    plan = plan_catalog(load_file(stack))
+    catalog = load_file(stack)
+    plan = plan_catalog(catalog)
     k8s = [r for r in recorder.registered if r.type.startswith("kubernetes:")]
     registered = {(r.type, r.inputs["metadata"]["name"]): r for r in k8s}
     assert len(registered) == len(k8s)
-    expected = {(pulumi_type(m), m["metadata"]["name"]): m for m in plan.manifests}
+    # The program also deploys the catalogue API (CatalogApi: plan_api's objects).
+    expected = {(pulumi_type(m), m["metadata"]["name"]): m for m in [*plan.manifests, *plan_api(catalog)]}
     assert set(registered) == set(expected)
     for key, manifest in expected.items():
         assert normalize(registered[key].inputs) == manifest, key
@@ -138,6 +144,16 @@ def test_resource_tree_names_parents_and_timeouts(stack: Path, recorder: Recorde
                 seconds = int(reg.create_timeout.rstrip("s"))
                 delay = manifest["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["initialDelaySeconds"]
                 assert seconds > delay and seconds >= model_plan.rollout_timeout_seconds
+
+
+@pytest.mark.parametrize("stack", STACKS, ids=[p.name for p in STACKS])
+def test_namespaced_objects_wait_for_the_namespace(stack: Path, recorder: Recorder) -> None:
+    run_program(stack)
+    [namespace] = [r for r in recorder.registered if r.type == "kubernetes:core/v1:Namespace"]
+    ns_urn_tail = f"kubernetes:core/v1:Namespace::{namespace.name}"
+    for reg in recorder.registered:
+        if reg.type.startswith("kubernetes:") and "namespace" in reg.inputs["metadata"]:
+            assert any(dep.endswith(ns_urn_tail) for dep in reg.dependencies), reg.name
 
 
 def test_render_to_directory_uses_an_explicit_provider(recorder: Recorder) -> None:

@@ -13,6 +13,7 @@ from plan_fixtures import ROOT, STACKS, raw_catalog
 from sgp_infra.catalog import load_file
 from sgp_infra.cli import main
 from sgp_infra.plan import plan_catalog
+from sgp_infra.plan.api import plan_api
 
 
 def write_stack(tmp_path: Path, raw: dict) -> Path:
@@ -26,7 +27,7 @@ def test_out_dir_writes_one_file_per_planned_object(stack: Path, tmp_path: Path)
     out = tmp_path / "rendered"
     assert main(["render", "--config-file", str(stack), "--out", str(out)]) == 0
     files = sorted(out.iterdir())
-    manifests = plan_catalog(load_file(stack)).manifests
+    manifests = plan_catalog(load_file(stack)).manifests + plan_api(load_file(stack))  # + the API's objects
     assert len(files) == len(manifests)
     for path, manifest in zip(files, manifests):
         text = path.read_text()
@@ -40,7 +41,8 @@ def test_stdout_stream_by_stack_name_through_the_real_entry_point() -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     docs = list(yaml.safe_load_all(proc.stdout))
-    assert docs == plan_catalog(load_file(ROOT / "stacks" / "Pulumi.dev.yaml")).manifests
+    dev = load_file(ROOT / "stacks" / "Pulumi.dev.yaml")
+    assert docs == plan_catalog(dev).manifests + plan_api(dev)
 
 
 def test_invalid_catalogue_lists_problems_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,7 @@ import yaml
 
 from ..catalog import CatalogInvalid
 from ..plan import plan_catalog
+from ..plan.api import plan_api
 from .common import EXIT_INVALID, EXIT_USAGE, add_source_args, config_file_of, try_load
 
 HELP = "write a stack's Kubernetes manifests as YAML: one file per object, or one stream with --out -"
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if catalog is None:
         return code
     try:
-        manifests = plan_catalog(catalog).manifests
+        manifests = plan_catalog(catalog).manifests + plan_api(catalog)  # the API's keys Secret is never rendered
     except CatalogInvalid as exc:
         print(f"{config_file_of(args)}: {exc.render()}", file=sys.stderr)
         return EXIT_INVALID
