@@ -48,7 +48,7 @@ def changed(mutate: Any, raw: dict[str, Any] | None = None) -> CatalogDiff:
 
 def test_identical_catalogues_have_no_changes() -> None:
     diff = diff_catalogs(cat(raw_catalog()), cat(raw_catalog()))
-    assert not diff.changed and not diff.warnings
+    assert not diff.changed and not diff.warnings and not diff.api_restarts
     assert "no catalogue changes" in to_markdown(diff, "s.yaml", "main")
 
 
@@ -108,7 +108,9 @@ def test_worker_bounds_do_not_restart(mutate: Any, field: str) -> None:
 
 
 def test_description_is_catalogue_only() -> None:
-    d = model(changed(lambda r: r["models"]["m4"].update(description="better words")), "m4")
+    diff = changed(lambda r: r["models"]["m4"].update(description="better words"))
+    assert diff.api_restarts, "the API serves the new description: its pods roll"
+    d = model(diff, "m4")
     assert not d.restarts and not d.scale_fields
     assert [(f.field, f.before, f.after) for f in d.fields] == [("description", None, "better words")]
     assert d.fields[0].path == "sgp-infra:models.m4.description"

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Literal, Mapping, Optional
 
 from ..catalog import Catalog, CatalogInvalid, Model, config_path
 from ..plan import plan_catalog
+from ..plan.api import plan_api
 
 Effect = Literal["restart", "scale", "none"]
 Status = Literal["added", "removed", "changed"]
@@ -147,6 +148,9 @@ class CatalogDiff:
     warnings: tuple[Warning, ...] = ()
     #: False when there was no base catalogue (new stack file, invalid base).
     has_base: bool = True
+    #: The API's pods roll: its planned pod template changed (it carries a
+    #: checksum of the published catalogue, so most catalogue edits roll it).
+    api_restarts: bool = False
 
     @property
     def changed(self) -> bool:
@@ -193,7 +197,16 @@ def diff_catalogs(base: Optional[Catalog], current: Catalog,
     gpus = _gpu_rows(base, current)
     warnings = _warnings(base, current, models, templates, settings, gpus, base_problem)
     return CatalogDiff(templates=templates, models=models, groups=groups, settings=settings,
-                       gpus=gpus, warnings=warnings, has_base=base is not None)
+                       gpus=gpus, warnings=warnings, has_base=base is not None,
+                       api_restarts=base is not None and _api_pod(base) != _api_pod(current))
+
+
+def _api_pod(catalog: Catalog) -> Any:
+    """The API Deployment's namespace and pod template as planned."""
+    for manifest in plan_api(catalog):
+        if manifest.get("kind") == "Deployment":
+            return manifest["metadata"].get("namespace"), manifest["spec"]["template"]
+    return None
 
 
 def pod_templates(catalog: Catalog) -> Optional[dict[str, Any]]:

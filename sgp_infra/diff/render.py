@@ -60,6 +60,8 @@ def to_markdown(diff: CatalogDiff, stack_file: str, base: str) -> str:
         lines += [f"| `{d.name}` | {d.status} | {_pods_effect(d)} |" for d in diff.models]
         lines.append("")
         lines += _details(diff.models)
+    if diff.api_restarts:
+        lines += ["The catalogue API's pods roll to load the new catalogue (no model restarts for that).", ""]
     if diff.templates:
         lines += ["#### Templates", ""]
         for d in diff.templates:
@@ -187,6 +189,7 @@ def to_json_data(diff: CatalogDiff, stack_file: str, base: str) -> dict[str, Any
         "changed": diff.changed,
         "summary": headline(diff),
         "has_base": diff.has_base,
+        "api_restarts": diff.api_restarts,
         "restarting_models": list(diff.restarting_models),
         "templates": [entity(d) for d in diff.templates],
         "models": [entity(d) for d in diff.models],
