@@ -1,0 +1,43 @@
+"""Inference through the API: routing, protocol translation, streaming,
+scale-from-zero holds, limits and metrics.
+
+``create_app`` calls :func:`install` once (it builds the per-app
+:class:`~.gateway.Gateway` and closes its connection pool at shutdown) and
+includes :data:`router`.  See ``docs/inference.md``.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import FastAPI
+
+from .gateway import Gateway
+from .metrics import InferenceMetrics
+from .routes import router
+from .settings import InferenceSettings, settings_from_env
+
+__all__ = ["router", "install", "Gateway", "InferenceSettings"]
+
+
+def install(app: FastAPI, settings: Optional[InferenceSettings] = None) -> Gateway:
+    """Attach the inference gateway to ``app`` (``app.state.inference``)."""
+    state = app.state
+    settings = settings or getattr(state, "inference_settings", None) or settings_from_env()
+    metrics = InferenceMetrics(state.metrics.registry)
+    gateway = Gateway(settings, metrics, state.status, getattr(state, "backends", {}) or {},
+                      state.catalog.settings.namespace)
+    state.inference = gateway
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        async with inner(a) as value:
+            try:
+                yield value
+            finally:
+                await gateway.aclose()
+
+    app.router.lifespan_context = lifespan
+    return gateway

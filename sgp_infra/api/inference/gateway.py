@@ -1,0 +1,217 @@
+"""One inference request's life: admission, cold-start hold, forwarding, accounting.
+
+The :class:`Gateway` is created once per app (``install``) and owns the
+forwarder (connection pool), the waker (one poll task per waking model) and
+the per-model in-flight counters behind both the 429 cap and the
+``sgp_infra_model_requests_in_flight`` gauge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator, Awaitable, Mapping, Optional, TypeVar
+
+import httpx
+import orjson
+from starlette.requests import Request
+
+from ...catalog import Model
+from ..status import StatusSource
+from .metrics import InferenceMetrics
+from .protocols import BadBackendBody
+from .proxy import Forwarder, UpstreamError, _reason
+from .settings import InferenceSettings, Timeouts
+from .streams import Event, EventSplitter, EventTooLarge, sse_error
+from .wake import Waker, status_ready
+
+log = logging.getLogger("sgp_infra.api.inference")
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready."""
+
+
+class Slot:
+    """One admitted request: counted in flight until :meth:`finish` runs (once)."""
+
+    def __init__(self, gateway: "Gateway", model: Model, operation: str):
+        self.gateway = gateway
+        self.model = model
+        self.operation = operation
+        self.done = False
+
+    def finish(self, code: int, error_kind: Optional[str] = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        g, label = self.gateway, self.model.object_name
+        g.in_flight[label] -= 1
+        g.metrics.in_flight.labels(label).dec()
+        g.metrics.requests.labels(label, self.operation, str(code)).inc()
+        if error_kind:
+            g.metrics.errors.labels(label, error_kind).inc()
+
+
+class Gateway:
+    def __init__(self, settings: InferenceSettings, metrics: InferenceMetrics, status: StatusSource,
+                 backends: Mapping[str, str], namespace: str):
+        self.settings = settings
+        self.metrics = metrics
+        self.status = status
+        self.backends = dict(backends)
+        self.namespace = namespace
+        self.forwarder = Forwarder(settings, metrics)
+        self.waker = Waker(settings.wake_poll_interval, settings.ready_fresh_for)
+        self.in_flight: dict[str, int] = {}
+
+    async def aclose(self) -> None:
+        await self.waker.close()
+        await self.forwarder.aclose()
+
+    # --- addressing ---------------------------------------------------------
+
+    def base_url(self, model: Model) -> str:
+        """``serve --backend`` override, else the model's in-cluster Service."""
+        url = self.backends.get(model.name) or self.backends.get(model.object_name)
+        if url is None:
+            url = f"http://{model.object_name}.{self.namespace}.svc.cluster.local"
+        return url.rstrip("/")
+
+    def timeouts(self, model: Model, read: Optional[float] = None) -> Timeouts:
+        t = self.settings.timeouts(model)
+        return t if read is None else Timeouts(t.connect, read, t.cold_start)
+
+    # --- admission ------------------------------------------------------------
+
+    def admit(self, model: Model, operation: str) -> Slot:
+        """Count the request in flight, or a 429 beyond ``per_worker × max_workers``."""
+        label = model.object_name
+        cap = self.settings.in_flight_cap(model)
+        current = self.in_flight.get(label, 0)
+        if current >= cap:
+            self.metrics.requests.labels(label, operation, "429").inc()
+            self.metrics.errors.labels(label, "over_capacity").inc()
+            raise UpstreamError(429, "over_capacity", f"model '{model.name}' already has {current} requests in "
+                                f"flight, its limit (per_worker {model.per_worker} x max_workers "
+                                f"{model.max_workers}); retry shortly", 1)
+        self.in_flight[label] = current + 1
+        self.metrics.in_flight.labels(label).inc()
+        return Slot(self, model, operation)
+
+    # --- readiness ----------------------------------------------------------------
+
+    async def ensure_ready(self, model: Model, *, trust_status: bool = True) -> None:
+        """Return when the model can take the request; hold while it wakes up."""
+        key = model.object_name
+        st = self.status.get(key)
+        if st.status in ("failed", "deployment_timeout"):
+            raise UpstreamError(503, "model_failed", f"model '{model.name}' is {st.status}"
+                                + (f": {st.reason}" if st.reason else ""), 60)
+        if trust_status and (status_ready(st) or self.waker.recently_ok(key)):
+            return
+        timeout = self.timeouts(model).cold_start
+        health = self.base_url(model) + model.healthcheck_route
+        started = time.perf_counter()
+
+        def ready_now() -> bool:
+            return trust_status and status_ready(self.status.get(key))
+
+        ok = await self.waker.wait(key, ready_now, lambda: self.forwarder.probe(health), timeout,
+                                   on_start=self.metrics.wakeups.labels(key).inc)
+        self.metrics.cold_start_wait.labels(key).observe(time.perf_counter() - started)
+        if not ok:
+            raise UpstreamError(503, "cold_start_timeout", f"model '{model.name}' has no ready pods and did not "
+                                f"become ready within {timeout:g} s; it may still be starting",
+                                self.settings.retry_after)
+
+    # --- forwarding -----------------------------------------------------------------
+
+    async def open(self, model: Model, route: str, payload: bytes, timeouts: Timeouts,
+                   retries: Optional[int] = None) -> httpx.Response:
+        """Hold if needed, then send; a refused connection means no ready pods: hold once more."""
+        await self.ensure_ready(model)
+        url = self.base_url(model) + route
+        try:
+            response = await self.forwarder.open(model.name, url, payload, timeouts, retries=retries)
+        except UpstreamError as exc:
+            if exc.kind != "connect":
+                raise
+            self.waker.mark_down(model.object_name)
+            await self.ensure_ready(model, trust_status=False)
+            response = await self.forwarder.open(model.name, url, payload, timeouts, retries=retries)
+        self.waker.mark_ok(model.object_name)
+        return response
+
+    async def call_json(self, model: Model, route: str, payload: bytes, timeouts: Timeouts,
+                        retries: Optional[int] = None) -> Any:
+        response = await self.open(model, route, payload, timeouts, retries)
+        data = await self.forwarder.read(model.name, response, timeouts)
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(502, "bad_response", f"model '{model.name}' answered a body that is not JSON") from None
+
+    async def events(self, model: Model, response: httpx.Response, timeouts: Timeouts) -> AsyncIterator[Event]:
+        """The backend's stream as events, each as soon as it is complete."""
+        content_type = response.headers.get("content-type", "")
+        sse = "event-stream" in content_type or not any(t in content_type for t in ("json", "ndjson"))
+        splitter = EventSplitter(sse)
+        try:
+            async for chunk in response.aiter_bytes():
+                for event in splitter.feed(chunk):
+                    yield event
+            for event in splitter.flush():
+                yield event
+        except httpx.TimeoutException:
+            raise UpstreamError(504, "read_timeout", f"model '{model.name}' sent nothing for "
+                                f"{timeouts.read:g} s in the middle of a stream") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(502, "protocol", f"model '{model.name}' broke the stream ({_reason(exc)})") from None
+        except EventTooLarge as exc:
+            raise UpstreamError(502, "too_large", f"model '{model.name}': {exc}") from None
+
+
+async def guarded_stream(slot: Slot, response: httpx.Response, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Forward ``events``; a failure mid-stream becomes an SSE ``error`` event."""
+    try:
+        async for chunk in events:
+            yield chunk
+    except UpstreamError as exc:
+        slot.finish(200, exc.kind)
+        yield sse_error(exc.status, exc.detail)
+    except BadBackendBody as exc:
+        slot.finish(200, "bad_response")
+        yield sse_error(502, f"model '{slot.model.name}' streamed an event of the wrong shape: {exc}")
+    finally:
+        await response.aclose()
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; cancel it (and raise :class:`ClientGone`) if the client leaves first."""
+    task = asyncio.ensure_future(work)
+
+    async def listen() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    listener = asyncio.ensure_future(listen())
+    try:
+        done, _ = await asyncio.wait({task, listener}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        listener.cancel()
+        raise
+    if task in done:
+        listener.cancel()
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the client is gone; nobody to tell
+        pass
+    raise ClientGone()

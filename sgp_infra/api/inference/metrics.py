@@ -1,0 +1,39 @@
+"""Inference metrics, registered on the app's registry so ``/metrics`` shows them.
+
+``sgp_infra_model_requests_in_flight{model=<object_name>}`` is the contract
+with the autoscaler: the KEDA trigger the planner writes sums it across API
+replicas, so a request held for a cold model already counts and wakes it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0, 300.0)
+COLD_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0)
+
+#: Error kinds counted in ``sgp_infra_model_errors_total{kind}``.
+ERROR_KINDS = ("connect", "connect_timeout", "read_timeout", "protocol", "bad_response", "too_large",
+               "upstream_5xx", "upstream_4xx", "unavailable", "over_capacity", "cold_start_timeout",
+               "model_failed", "client_disconnect")
+
+
+class InferenceMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.in_flight = Gauge("sgp_infra_model_requests_in_flight",
+                               "Inference requests in flight in this API replica, held cold-start waits included",
+                               ["model"], registry=registry)
+        self.requests = Counter("sgp_infra_model_requests_total", "Inference requests answered, by outcome",
+                                ["model", "operation", "code"], registry=registry)
+        self.errors = Counter("sgp_infra_model_errors_total", "Inference failures, by kind", ["model", "kind"],
+                              registry=registry)
+        self.upstream_latency = Histogram("sgp_infra_model_upstream_latency_seconds",
+                                          "Time from sending a request to a model until its response headers",
+                                          ["model"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.cold_start_wait = Histogram("sgp_infra_model_cold_start_wait_seconds",
+                                         "Time requests were held waiting for a model with no ready pods",
+                                         ["model"], buckets=COLD_BUCKETS, registry=registry)
+        self.wakeups = Counter("sgp_infra_model_wakeups_total",
+                               "Cold-start wake-ups started (concurrent waiters share one)", ["model"],
+                               registry=registry)

@@ -1,0 +1,313 @@
+"""The inference routes, v4 and v5, as the official clients call them.
+
+v4 (``scale-gp``): ``POST /v4/models/{model_deployment_id}/completions``,
+``/chat-completions``, ``/embeddings``, ``/rerankings`` (the path takes the
+model's deployment id, id or name), and
+``POST /v4/models/{model}/deployments/{deployment}/execute`` (the body goes to
+the model as it is).
+
+v5 (``scale-gp-beta``): ``POST /v5/inference`` (``model`` is
+``launch/<name>``, the name or the id; ``args`` go to the model as they are),
+``POST /v5/chat/completions``, ``POST /v5/completions`` and
+``GET /v5/chat/completions/models``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator, Callable, Literal, Optional
+
+import jsonschema
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
+
+from ...catalog import Model
+from ..auth import Caller, caller
+from ..common import index_of, json_response, status_of, visible_model
+from ..errors import ApiError, api_error
+from ..paging import DEFAULT_LIMIT, MAX_LIMIT, page_v5, sort_items
+from .gateway import ClientGone, Gateway, Slot, guarded_stream, until_disconnect
+from .protocols import (BadBackendBody, Call, Op, backend_kind, backend_request, parse_delta, parse_result,
+                        parse_v4, parse_v5_chat, parse_v5_completion, render_v4, render_v4_chunk, render_v5,
+                        render_v5_chunk, validate_bindings)
+from .proxy import ProxyStream, UpstreamError
+from .streams import sse
+
+router = APIRouter(tags=["inference"])
+
+MAX_TIMEOUT_SECONDS = 3600
+MAX_RETRIES = 5
+
+
+def gateway_of(request: Request) -> Gateway:
+    return request.app.state.inference
+
+
+async def read_body(request: Request) -> dict[str, Any]:
+    """The JSON object body, within the size limit (413) and well formed (422)."""
+    limit = gateway_of(request).settings.max_body_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise ApiError(413, f"request body of {length} bytes is over the {limit}-byte limit")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise ApiError(413, f"request body is over the {limit}-byte limit")
+    try:
+        body = orjson.loads(buf) if buf else {}
+    except orjson.JSONDecodeError:
+        raise ApiError(422, "invalid request: body: not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid request: body: must be a JSON object")
+    return body
+
+
+def _error(exc: UpstreamError) -> Response:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return api_error(exc.status, exc.detail, headers=headers)
+
+
+async def _run(request: Request, model: Model, operation: str, work: Callable[[Slot], Any]) -> Response:
+    """Admit, run ``work(slot)`` until the client leaves, and map every failure to the error shape.
+
+    ``work`` returns a finished response (the slot is released here) or a
+    :class:`ProxyStream` (the stream releases it when it ends).
+    """
+    gw = gateway_of(request)
+    try:
+        slot = gw.admit(model, operation)
+    except UpstreamError as exc:
+        return _error(exc)
+    try:
+        response = await until_disconnect(request, work(slot))
+    except UpstreamError as exc:
+        slot.finish(exc.status, exc.kind)
+        return _error(exc)
+    except BadBackendBody as exc:
+        slot.finish(502, "bad_response")
+        return api_error(502, f"model '{model.name}' answered a body of the wrong shape: {exc}")
+    except ClientGone:
+        slot.finish(499, "client_disconnect")
+        return Response(status_code=499)
+    except BaseException as exc:
+        slot.finish(500, type(exc).__name__)
+        raise
+    if not isinstance(response, ProxyStream):
+        slot.finish(response.status_code)
+    return response
+
+
+def _stream_response(slot: Slot, response: Any, chunks: AsyncIterator[bytes], media_type: str) -> ProxyStream:
+    async def on_close(disconnected: bool) -> None:
+        slot.finish(499 if disconnected else 200, "client_disconnect" if disconnected else None)
+
+    return ProxyStream(guarded_stream(slot, response, chunks), on_close, media_type=media_type)
+
+
+# --- typed operations (v4 and v5 chat/completions) ------------------------------------
+
+
+async def _typed(request: Request, model: Model, call: Call, render: Callable[[Call, str, Any], dict[str, Any]],
+                 render_chunk: Callable[[Call, str, Any], dict[str, Any]]) -> Response:
+    gw = gateway_of(request)
+    route = model.streaming_predict_route if call.stream else model.predict_route
+    kind = backend_kind(model, call.op, route)
+    payload = orjson.dumps(backend_request(call, kind, model))
+    timeouts = gw.timeouts(model)
+
+    async def work(slot: Slot) -> Response:
+        if not call.stream:
+            data = await gw.call_json(model, route, payload, timeouts)
+            return json_response(render(call, kind, parse_result(kind, call.op, data)))
+        upstream = await gw.open(model, route, payload, timeouts)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for event in gw.events(model, upstream, timeouts):
+                if event.event == "error":
+                    raise UpstreamError(502, "upstream_5xx", f"model '{model.name}' reported an error: "
+                                        f"{event.data[:500]}")
+                if event.event is not None or event.data.strip() == "[DONE]":
+                    continue  # the SGP clients parse every plain event as JSON: no [DONE]
+                try:
+                    data = orjson.loads(event.data)
+                except orjson.JSONDecodeError:
+                    raise UpstreamError(502, "bad_response", f"model '{model.name}' streamed an event "
+                                        "that is not JSON") from None
+                delta = parse_delta(kind, data)
+                if delta is not None:
+                    yield sse(render_chunk(call, kind, delta))
+
+        return _stream_response(slot, upstream, chunks(), "text/event-stream")
+
+    return await _run(request, model, call.op, work)
+
+
+def _v4_op(op: Op) -> Callable[..., Any]:
+    async def endpoint(request: Request, model_deployment_id: str, who: Caller = Depends(caller)) -> Response:
+        body = await read_body(request)
+        model = visible_model(request, who, model_deployment_id).model
+        return await _typed(request, model, parse_v4(op, body, model), render_v4, render_v4_chunk)
+
+    return endpoint
+
+
+for _path, _op, _summary in (("completions", "completion", "Create a completion"),
+                             ("chat-completions", "chat", "Create a chat completion"),
+                             ("embeddings", "embedding", "Create embeddings"),
+                             ("rerankings", "rerank", "Rerank chunks")):
+    router.add_api_route(f"/v4/models/{{model_deployment_id}}/{_path}", _v4_op(_op), methods=["POST"],  # type: ignore[arg-type]
+                         summary=_summary, name=f"v4 {_path}", tags=["v4 inference"])
+
+
+def _v5_model(request: Request, who: Caller, body: dict[str, Any]) -> tuple[Model, str]:
+    ref = body.get("model")
+    if not isinstance(ref, str) or not ref:
+        raise ApiError(422, "invalid request: model: field required (launch/<name>, a name or a model id)")
+    vendor, sep, name = ref.partition("/")
+    if sep and vendor != "launch":
+        raise ApiError(404, f"no model '{ref}': this service serves launch/<name> models only")
+    return visible_model(request, who, name if sep else ref).model, ref
+
+
+@router.post("/v5/chat/completions", summary="Create a chat completion", tags=["v5 inference"])
+async def v5_chat(request: Request, who: Caller = Depends(caller)) -> Response:
+    body = await read_body(request)
+    model, label = _v5_model(request, who, body)
+    created = int(time.time())
+    return await _typed(request, model, parse_v5_chat(body, label),
+                        lambda c, k, r: render_v5(c, k, r, created),
+                        lambda c, k, d: render_v5_chunk(c, k, d, created))
+
+
+@router.post("/v5/completions", summary="Create a completion", tags=["v5 inference"])
+async def v5_completion(request: Request, who: Caller = Depends(caller)) -> Response:
+    body = await read_body(request)
+    model, label = _v5_model(request, who, body)
+    created = int(time.time())
+    return await _typed(request, model, parse_v5_completion(body, label),
+                        lambda c, k, r: render_v5(c, k, r, created),
+                        lambda c, k, d: render_v5_chunk(c, k, d, created))
+
+
+# --- raw operations (execute, /v5/inference) ---------------------------------------------
+
+
+def _check_args(model: Model, args: dict[str, Any]) -> None:
+    """v5 ``request_schema`` (JSON Schema) or v4 ``model_request_parameters``: 422 naming the field."""
+    if model.api_version == "v5":
+        schema = model.spec.vendor_configuration.model_image.request_schema  # type: ignore[union-attr]
+        if schema:
+            error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(args))
+            if error is not None:
+                where = ".".join(str(p) for p in error.absolute_path) or "args"
+                raise ApiError(422, f"invalid request: {where}: {error.message}")
+    elif "model_request_parameters" in args:
+        validate_bindings(model, args["model_request_parameters"])
+
+
+async def _raw(request: Request, model: Model, args: dict[str, Any], *, stream: bool, wrap: bool,
+               read_timeout: Optional[float] = None, retries: Optional[int] = None) -> Response:
+    """Forward ``args`` untouched; ``wrap`` puts answers in ``generic_inference`` objects (v5)."""
+    gw = gateway_of(request)
+    route = model.streaming_predict_route if stream else model.predict_route
+    payload = orjson.dumps(args)
+    timeouts = gw.timeouts(model, read_timeout)
+
+    async def work(slot: Slot) -> Response:
+        if not stream:
+            data = await gw.call_json(model, route, payload, timeouts, retries)
+            return json_response({"response": data, "object": "generic_inference"} if wrap else data)
+        upstream = await gw.open(model, route, payload, timeouts, retries)
+        media = upstream.headers.get("content-type", "text/event-stream")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            if not wrap:
+                async for chunk in upstream.aiter_bytes():
+                    yield chunk
+                return
+            async for event in gw.events(model, upstream, timeouts):
+                if event.event is not None or event.data.strip() == "[DONE]":
+                    continue
+                try:
+                    data: Any = orjson.loads(event.data)
+                except orjson.JSONDecodeError:
+                    data = event.data
+                yield sse({"response": data, "object": "generic_inference.chunk"})
+
+        return _stream_response(slot, upstream, chunks(), media if not wrap else "text/event-stream")
+
+    return await _run(request, model, "execute" if not wrap else "inference", work)
+
+
+@router.post("/v4/models/{model_instance_id}/deployments/{deployment_id}/execute",
+             summary="Execute a model deployment", tags=["v4 inference"])
+async def execute(request: Request, model_instance_id: str, deployment_id: str,
+                  who: Caller = Depends(caller)) -> Response:
+    body = await read_body(request)
+    entry = visible_model(request, who, model_instance_id)
+    if deployment_id not in (entry.deployment["id"], entry.deployment["name"]):
+        raise ApiError(404, f"model '{model_instance_id}' has no deployment '{deployment_id}'")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(422, "invalid request: stream: must be a boolean")
+    if entry.model.endpoint_protocol.upper() == "SGP":
+        _check_args(entry.model, body)
+    return await _raw(request, entry.model, body, stream=stream, wrap=False)
+
+
+@router.post("/v5/inference", summary="Run a model on a free-form request", tags=["v5 inference"])
+async def inference(request: Request, who: Caller = Depends(caller)) -> Response:
+    body = await read_body(request)
+    model, _label = _v5_model(request, who, body)
+    args = body.get("args", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ApiError(422, "invalid request: args: must be an object")
+    config = body.get("inference_configuration") or {}
+    if not isinstance(config, dict):
+        raise ApiError(422, "invalid request: inference_configuration: must be an object")
+    timeout, retries = config.get("timeout_seconds"), config.get("num_retries")
+    for key, value, low in (("timeout_seconds", timeout, 1), ("num_retries", retries, 0)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise ApiError(422, f"invalid request: inference_configuration.{key}: must be an integer >= {low}")
+    _check_args(model, args)
+    stream = args.get("stream") is True
+    return await _raw(request, model, args, stream=stream, wrap=True,
+                      read_timeout=float(min(timeout, MAX_TIMEOUT_SECONDS)) if timeout else None,
+                      retries=min(retries, MAX_RETRIES) if retries is not None else None)
+
+
+# --- GET /v5/chat/completions/models ------------------------------------------------------
+
+_AVAILABILITY = {"ready": "available", "failed": "unavailable", "deployment_timeout": "unavailable"}
+_CHAT_TYPES = frozenset({"CHAT_COMPLETION", "COMPLETION"})
+
+
+@router.get("/v5/chat/completions/models", summary="List models that answer chat completions",
+            tags=["v5 inference"])
+async def chat_models(request: Request, who: Caller = Depends(caller),
+                      limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+                      starting_after: Optional[str] = Query(None), ending_before: Optional[str] = Query(None),
+                      model_vendor: Optional[str] = Query(None), sort_by: Optional[str] = Query(None),
+                      sort_order: Literal["asc", "desc"] = Query("asc")) -> Response:
+    status = status_of(request)
+    items = []
+    for entry in index_of(request).models:
+        m = entry.model
+        if not who.can_see(m.account_id) or m.model_type.upper() not in _CHAT_TYPES:
+            continue
+        items.append({"id": m.id, "name": m.name, "model_type": "chat_completion" if m.model_type.upper()
+                      == "CHAT_COMPLETION" else "completion", "model_vendor": "launch",
+                      "model_availability": _AVAILABILITY.get(status.get(m.object_name).status, "unknown")})
+    if model_vendor is not None and model_vendor != "launch":
+        items = []
+    field = sort_by or "name"
+    if items and field not in items[0]:
+        raise ApiError(422, f"invalid sort_by {field!r}: use name, model_type, model_vendor or model_availability")
+    items = sort_items(items, [(field, sort_order == "desc"), ("name", False)])
+    page = page_v5(items, limit, starting_after, ending_before)
+    page["object"] = "list"
+    return json_response(page)
