@@ -48,7 +48,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--namespace", default=None,
                         help="namespace of the model Deployments (default: the stack's sgp-infra:namespace)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--backend", dest="backends", metavar="MODEL=URL", action="append", type=backend_arg,
+                        default=[], help="send MODEL's inference to URL instead of its in-cluster Service "
+                                         "(repeatable), e.g. --backend echo=http://127.0.0.1:5005")
     parser.set_defaults(run=run)
+
+
+def backend_arg(text: str) -> tuple[str, str]:
+    """``MODEL=URL`` → ``(model, url)``; argparse reports a malformed value as a usage error."""
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"expected MODEL=http://host:port, got {text!r}")
+    return name, url.rstrip("/")
 
 
 def is_loopback(host: str) -> bool:
