@@ -299,15 +299,16 @@ async def chat_models(request: Request, who: Caller = Depends(caller),
         m = entry.model
         if not who.can_see(m.account_id) or m.model_type.upper() not in _CHAT_TYPES:
             continue
-        items.append({"id": m.id, "name": m.name, "model_type": "chat_completion" if m.model_type.upper()
+        items.append({"id": m.id, "model_name": m.name, "model_type": "chat_completion" if m.model_type.upper()
                       == "CHAT_COMPLETION" else "completion", "model_vendor": "launch",
                       "model_availability": _AVAILABILITY.get(status.get(m.object_name).status, "unknown")})
     if model_vendor is not None and model_vendor != "launch":
         items = []
-    field = sort_by or "name"
+    field = sort_by or "model_name"
     if items and field not in items[0]:
-        raise ApiError(422, f"invalid sort_by {field!r}: use name, model_type, model_vendor or model_availability")
-    items = sort_items(items, [(field, sort_order == "desc"), ("name", False)])
+        raise ApiError(422, f"invalid sort_by {field!r}: use model_name, model_type, model_vendor or "
+                            "model_availability")
+    items = sort_items(items, [(field, sort_order == "desc"), ("model_name", False)])
     page = page_v5(items, limit, starting_after, ending_before)
     page["object"] = "list"
     return json_response(page)
