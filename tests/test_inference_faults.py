@@ -1,0 +1,329 @@
+"""Behaviour under trouble: every backend fault, streaming without buffering,
+cancellation, cold-start hold and timeout, and the in-flight cap.
+
+No assertion depends on timing: streams are gated by events, holds are
+released by starting the backend, and timeouts are only checked for their
+outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+import httpx
+import pytest
+
+from sgp_infra.api.inference import InferenceSettings
+from sgp_infra.api.status import ModelStatus, StaticStatus
+from sgp_infra.demo_model import DemoModel
+from test_inference_helpers import (HEADERS, FaultServer, free_port, make_app, make_catalog, read_request,
+                                    serve)
+
+CATALOG = make_catalog()
+FAST = dict(retries=2, backoff=0.01, wake_poll_interval=0.05)
+
+
+def settings(**overrides: Any) -> InferenceSettings:
+    model_overrides = overrides.pop("overrides", {})
+    return InferenceSettings(**{**FAST, **overrides}, overrides=model_overrides)
+
+
+@contextmanager
+def api(backends: dict[str, str], *, status: Optional[Any] = None, **kw: Any) -> Iterator[tuple[httpx.Client, Any]]:
+    app = make_app(CATALOG, backends, status=status, settings=settings(**kw))
+    with serve(app) as url, httpx.Client(base_url=url, headers=HEADERS, timeout=30) as client:
+        yield client, app
+
+
+def assert_error_shape(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) >= {"status", "error", "detail"} and body["status"] == status
+    assert "Traceback" not in r.text
+    return body
+
+
+def in_flight(app: Any, model: str = "sgp-echo") -> int:
+    return app.state.inference.in_flight.get(CATALOG.models[model].object_name, 0)
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+async def _garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.write(b"this is not HTTP at all\r\n\r\n")
+    await writer.drain()
+
+
+async def _reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.transport.abort()
+
+
+async def _hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    await asyncio.sleep(60)
+
+
+def _http(status: int, body: bytes, content_type: bytes = b"application/json", extra: bytes = b"") -> Any:
+    async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s\r\n"
+                         % (status, content_type, len(body), extra) + body)
+            await writer.drain()
+    return behaviour
+
+
+async def _huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+    chunk = b"x" * 65536
+    for _ in range(64):  # 4 MiB, over the 1 MiB limit set below
+        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        await writer.drain()
+    writer.write(b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize("behaviour, status, kind", [
+    (_garbage, 502, "protocol"),
+    (_reset, 502, "protocol"),
+    (_hang, 504, "read_timeout"),
+    (_huge, 502, "too_large"),
+    (_http(200, b"<html>oops</html>", b"text/html"), 502, "bad_response"),
+    (_http(200, b'{"unexpected": true}'), 502, "bad_response"),
+    (_http(500, b'{"detail": "CUDA out of memory"}'), 502, "upstream_5xx"),
+    (_http(404, b"no such route"), 502, "upstream_4xx"),
+    (_http(400, b'{"error": "prompt too long"}'), 400, "upstream_4xx"),
+])
+def test_backend_faults_become_json_errors(behaviour: Any, status: int, kind: str) -> None:
+    with FaultServer(behaviour) as url, api({"sgp-echo": url}, max_response_bytes=1024 * 1024,
+                                            overrides={"sgp-echo": {"read": 0.5}}) as (client, app):
+        r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"})
+        body = assert_error_shape(r, status)
+        assert "sgp-echo" in body["detail"]
+        if status == 400:
+            assert "prompt too long" in body["detail"]
+        assert in_flight(app) == 0
+        metrics = client.get("/metrics").text
+        assert f'sgp_infra_model_errors_total{{kind="{kind}",model="sgp-echo"}} 1.0' in metrics
+        # the API is still fine afterwards
+        assert client.get("/healthz").status_code == 200
+
+
+def test_503_before_any_byte_is_retried() -> None:
+    calls = {"n": 0}
+
+    async def flaky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            calls["n"] += 1
+            if calls["n"] <= 2:
+                body = b'{"detail": "warming up"}'
+                writer.write(b"HTTP/1.1 503 X\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            else:
+                body = b'{"completions": [["x", ["ok"]]], "finish_reason": "stop"}'
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(body), body))
+            await writer.drain()
+
+    with FaultServer(flaky) as url, api({"sgp-echo": url}) as (client, _app):
+        r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"})
+        assert r.status_code == 200 and r.json()["completions"] == [["x", ["ok"]]]
+    assert calls["n"] == 3
+
+
+def test_persistent_503_is_503_with_retry_after() -> None:
+    with FaultServer(_http(503, b"busy", extra=b"retry-after: 7\r\n")) as url, \
+            api({"sgp-echo": url}) as (client, _app):
+        r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"})
+        assert_error_shape(r, 503)
+        assert r.headers["retry-after"] == "7"
+
+
+def test_connection_refused_is_retried_then_503_with_retry_after() -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with api({"sgp-echo": dead}, overrides={"sgp-echo": {"cold_start": 0.3}}) as (client, app):
+        r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"})
+        body = assert_error_shape(r, 503)
+        assert "no ready pods" in body["detail"]
+        assert r.headers["retry-after"] == "5"
+        assert in_flight(app) == 0
+
+
+def test_failed_model_is_503_at_once() -> None:
+    status = StaticStatus(ModelStatus("failed", "pod x: CrashLoopBackOff"))
+    with api({}, status=status) as (client, _app):
+        r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"})
+        assert "CrashLoopBackOff" in assert_error_shape(r, 503)["detail"]
+        assert "retry-after" in r.headers
+
+
+# --- streaming ------------------------------------------------------------------------------
+
+
+def test_chunks_arrive_before_the_backend_finishes() -> None:
+    gate = threading.Event()
+    with serve(DemoModel("VLLM", stream_gate=gate)) as backend, api({"vllm-chat": backend}) as (client, _app):
+        body = {"prompt": "one two three", "chat_history": [], "stream": True}
+        with client.stream("POST", "/v4/models/vllm-chat/chat-completions", json=body) as r:
+            lines = r.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            # The backend is still holding the rest of its stream: this chunk was not buffered.
+            assert not gate.is_set()
+            gate.set()
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert first and len(rest) >= 3
+
+
+def test_mid_stream_failure_is_an_sse_error_event() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        event = b'data: {"completions": [["x", ["partial "]]], "finish_reason": null}\n\n'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                     + b"%x\r\n%s\r\n" % (len(event), event))
+        await writer.drain()
+        writer.transport.abort()
+
+    with FaultServer(cut) as url, api({"sgp-echo": url}) as (client, app):
+        r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x", "stream": True})
+        assert r.status_code == 200
+        assert "partial" in r.text and "event: error" in r.text and "broke the stream" in r.text
+        assert in_flight(app) == 0
+
+
+def test_client_disconnect_cancels_the_upstream_request() -> None:
+    closed = threading.Event()
+    started = threading.Event()
+
+    async def slow_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        event = b'data: {"completions": [["x", ["tick "]]], "finish_reason": null}\n\n'
+        try:
+            for _ in range(600):
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+                started.set()
+                await asyncio.sleep(0.05)
+                if reader.at_eof():
+                    break
+        except ConnectionError:
+            pass
+        closed.set()
+
+    with FaultServer(slow_stream) as url, api({"sgp-echo": url}) as (client, app):
+        with client.stream("POST", "/v4/models/sgp-echo/completions", json={"prompt": "x", "stream": True}) as r:
+            next(line for line in r.iter_lines() if line.startswith("data: "))
+        # leaving the block closed our connection: the API must drop the upstream one
+        assert closed.wait(20), "the upstream stream was not cancelled"
+        deadline = time.monotonic() + 20
+        while in_flight(app) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert in_flight(app) == 0
+
+
+def test_client_disconnect_cancels_a_non_streaming_request() -> None:
+    closed = threading.Event()
+
+    async def hang_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read()  # returns when the API closes the upstream connection
+        closed.set()
+
+    with FaultServer(hang_until_eof) as url, api({"sgp-echo": url}) as (client, app):
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"}, timeout=0.5)
+        assert closed.wait(20), "the upstream request was not cancelled"
+
+
+# --- scale from zero ---------------------------------------------------------------------------
+
+
+SCALED_TO_ZERO = StaticStatus(ModelStatus("ready", "scaled to zero; the first request starts a worker"))
+
+
+def test_cold_start_holds_requests_and_waiters_share_one_wake_up() -> None:
+    port = free_port()
+    backend_url = f"http://127.0.0.1:{port}"
+    with api({"sgp-echo": backend_url}, status=SCALED_TO_ZERO,
+             overrides={"sgp-echo": {"cold_start": 60}}) as (client, app):
+        results: list[httpx.Response] = []
+
+        def call(n: int) -> None:
+            results.append(client.post("/v4/models/sgp-echo/completions", json={"prompt": f"p{n}"}))
+
+        threads = [threading.Thread(target=call, args=(n,)) for n in range(5)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while in_flight(app) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert in_flight(app) == 5  # all held, all counted: the gauge KEDA reads
+        metrics = client.get("/metrics").text
+        assert 'sgp_infra_model_requests_in_flight{model="sgp-echo"} 5.0' in metrics
+        assert not results
+        import uvicorn
+
+        config = uvicorn.Config(DemoModel("SGP"), host="127.0.0.1", port=port, log_level="critical", lifespan="on")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            for t in threads:
+                t.join(30)
+            assert [r.status_code for r in results] == [200] * 5
+            metrics = client.get("/metrics").text
+            assert 'sgp_infra_model_wakeups_total{model="sgp-echo"} 1.0' in metrics
+            assert 'sgp_infra_model_cold_start_wait_seconds_count{model="sgp-echo"} 5.0' in metrics
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+def test_cold_start_timeout_is_503_with_retry_after() -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with api({"sgp-echo": dead}, status=SCALED_TO_ZERO, overrides={"sgp-echo": {"cold_start": 0.3}}) as (client, app):
+        r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"})
+        assert "did not become ready within 0.3 s" in assert_error_shape(r, 503)["detail"]
+        assert r.headers["retry-after"]
+        assert in_flight(app) == 0
+        assert 'kind="cold_start_timeout",model="sgp-echo"} 1.0' in client.get("/metrics").text
+
+
+# --- in-flight cap ---------------------------------------------------------------------------------
+
+
+def test_requests_beyond_per_worker_times_max_workers_get_429() -> None:
+    release = threading.Event()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 30)
+        body = b'{"completions": [["x", ["ok"]]], "finish_reason": "stop"}'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await writer.drain()
+
+    with FaultServer(held) as url, api({"tiny": url}) as (client, app):
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda: results.append(
+            client.post("/v4/models/tiny/completions", json={"prompt": "x"}).status_code)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while in_flight(app, "tiny") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r = client.post("/v4/models/tiny/completions", json={"prompt": "x"})
+        body = assert_error_shape(r, 429)
+        assert "per_worker 1 x max_workers 2" in body["detail"] and r.headers["retry-after"] == "1"
+        release.set()
+        for t in threads:
+            t.join(30)
+        assert results == [200, 200]
+        assert client.post("/v4/models/tiny/completions", json={"prompt": "x"}).status_code == 200
