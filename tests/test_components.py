@@ -129,7 +129,9 @@ def test_resource_tree_names_parents_and_timeouts(stack: Path, recorder: Recorde
     plan = plan_catalog(load_file(stack))
     regs = by_urn_suffix(recorder)
     catalog_urn_tail = "sgp-infra:index:ModelCatalog::sgp-infra"
-    assert [r for r in recorder.registered if r.type == "sgp-infra:index:ModelCatalog"][0].parent.endswith("pulumi:pulumi:Stack::sgp-infra-test")
+    # The root stack's URN depends on which test first set the mocks up; its type does not.
+    [root] = [r for r in recorder.registered if r.type == "sgp-infra:index:ModelCatalog"]
+    assert "::pulumi:pulumi:Stack::" in root.parent
     for manifest in plan.shared:
         reg = regs[f"{pulumi_type(manifest)}::sgp-infra-{manifest['kind'].lower()}-{manifest['metadata']['name']}"]
         assert reg.parent.endswith(catalog_urn_tail)
