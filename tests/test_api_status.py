@@ -121,3 +121,26 @@ def test_cluster_creation_time_becomes_created_at() -> None:
         assert echo["status"] == "ready" and echo["created_at"] == "2024-05-01T10:00:00Z"
         tpl = httpx.get(f"{url}/v4/model-templates", headers=h).json()["items"][0]
         assert tpl["created_at"] == "2024-05-01T10:00:00Z"  # its earliest model
+
+
+def test_list_pages_follow_status_changes() -> None:
+    """v5 list pages are cached per status version: a refresh that changes status shows at once."""
+    class Flip(CachedStatus):
+        def __init__(self) -> None:
+            super().__init__(interval=3600)
+            self.now = ModelStatus("deploying", "starting")
+
+        async def refresh(self) -> dict[str, ModelStatus]:
+            return {"echo": self.now, "t4-embedder": self.now}
+
+    source = Flip()
+    app = create_app(make_catalog(0, 0), api_keys=API_KEYS, status_source=source)
+    h = {"x-api-key": ACME_KEY}
+    with running(app) as url:
+        asyncio.run(source.refresh_once())
+        first = httpx.get(f"{url}/v5/models", headers=h).json()["items"]
+        assert {i["status"] for i in first} == {"deploying"}
+        source.now = ModelStatus("ready")
+        asyncio.run(source.refresh_once())
+        again = httpx.get(f"{url}/v5/models", headers=h).json()["items"]
+        assert {i["status"] for i in again} == {"ready"}

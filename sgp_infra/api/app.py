@@ -92,6 +92,7 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     app.state.backends = dict(backends or {})
     app.state.metrics = metrics
     app.state.started = False
+    app.state.v5_page_cache = {}
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 

@@ -58,6 +58,22 @@ def live_v5_model(entry: ModelEntry, st: ModelStatus) -> dict[str, Any]:
     return out
 
 
+def live_v5_bytes(entry: ModelEntry, st: ModelStatus) -> bytes:
+    """:func:`live_v5_model` serialised: the precomputed prefix plus the live fields.
+
+    Status objects are immutable and replaced on refresh, so the bytes are
+    reused for as long as the source hands out the same status object.
+    """
+    cached = entry.v5_live
+    if cached is not None and cached[0] is st:
+        return cached[1]
+    live = orjson.dumps({"created_at": live_created_at(entry, st, entry.v5), "status": st.status,
+                         "status_reason": st.reason})
+    body = entry.v5_prefix + b"," + live[1:]
+    entry.v5_live = (st, body)
+    return body
+
+
 def live_deployment(entry: ModelEntry, st: ModelStatus) -> dict[str, Any]:
     out = dict(entry.deployment)
     out["created_at"] = live_created_at(entry, st, entry.deployment)

@@ -8,7 +8,7 @@ dicts already narrowed to what the caller may see.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import orjson
 
@@ -69,23 +69,23 @@ def page_v4(items: list[dict[str, Any]], page: int, limit: int) -> dict[str, Any
     }
 
 
-def page_v5(items: list[dict[str, Any]], limit: int, starting_after: Optional[str],
-            ending_before: Optional[str]) -> dict[str, Any]:
+def page_v5(items: list[Any], limit: int, starting_after: Optional[str], ending_before: Optional[str],
+            id_of: Callable[[Any], str] = lambda item: item["id"]) -> dict[str, Any]:
+    """One cursor page of ``items`` (response dicts, or anything ``id_of`` reads an id from)."""
     if starting_after and ending_before:
         raise ApiError(422, "give starting_after or ending_before, not both")
-    ids = [i["id"] for i in items]
+    def position(cursor: str, name: str) -> int:
+        for i, item in enumerate(items):
+            if id_of(item) == cursor:
+                return i
+        raise ApiError(422, f"{name} {cursor!r} is not the id of an item in this list")
+
     if starting_after:
-        try:
-            start = ids.index(starting_after) + 1
-        except ValueError:
-            raise ApiError(422, f"starting_after {starting_after!r} is not the id of an item in this list") from None
+        start = position(starting_after, "starting_after") + 1
         chunk = items[start:start + limit]
         has_more = start + limit < len(items)
     elif ending_before:
-        try:
-            end = ids.index(ending_before)
-        except ValueError:
-            raise ApiError(422, f"ending_before {ending_before!r} is not the id of an item in this list") from None
+        end = position(ending_before, "ending_before")
         begin = max(0, end - limit)
         chunk = items[begin:end]
         has_more = begin > 0

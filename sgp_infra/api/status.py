@@ -49,6 +49,8 @@ class ModelStatus:
 
 
 class StatusSource(Protocol):
+    version: int
+
     def get(self, object_name: str) -> ModelStatus: ...
 
     def catalog_created_at(self) -> Optional[str]: ...
@@ -60,6 +62,9 @@ class StatusSource(Protocol):
 
 class StaticStatus:
     """Every model has the same status (default: ready)."""
+
+    #: Changes whenever any answer of ``get`` may have changed (never, here).
+    version = 0
 
     def __init__(self, status: ModelStatus = ModelStatus("ready")):
         self._status = status
@@ -89,6 +94,8 @@ class CachedStatus:
         self._degraded: Optional[str] = self.initial_reason
         self._catalog_created_at: Optional[str] = None
         self._task: Optional[asyncio.Task[None]] = None
+        #: Bumped when a refresh changes any answer; response caches key on it.
+        self.version = 0
 
     def get(self, object_name: str) -> ModelStatus:
         if self._degraded is not None:
@@ -104,13 +111,16 @@ class CachedStatus:
     async def refresh_once(self) -> None:
         """One refresh; a failure degrades every model instead of raising."""
         try:
-            self._cache = await self.refresh()
-            self._degraded = None
+            fresh = await self.refresh()
+            if fresh != self._cache or self._degraded is not None:
+                self._cache, self._degraded = fresh, None
+                self.version += 1
         except Exception as exc:  # noqa: BLE001 - any failure degrades, none escapes
             reason = f"status unavailable: {type(exc).__name__}: {_short(exc)}"
             if reason != self._degraded:
                 log.warning("status source failed", extra={"reason": reason})
-            self._degraded = reason
+                self._degraded = reason
+                self.version += 1
 
     async def _loop(self) -> None:
         while True:

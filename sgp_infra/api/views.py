@@ -23,6 +23,8 @@ Field choices the specs leave to the implementation:
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import orjson
 from typing import Any, Optional
 
 from ..catalog import Catalog, Group, Model, Template, entity_id
@@ -174,6 +176,14 @@ class ModelEntry:
     v5: dict[str, Any]
     deployment: dict[str, Any]
     pinned_created_at: bool  # the entry wrote its own created_at
+    #: The v5 body serialised without its live fields and closing brace; list
+    #: pages splice the live fields in rather than re-serialising (bench_api).
+    v5_prefix: bytes = b""
+    v5_live: Optional[tuple[ModelStatus, bytes]] = None
+
+    def __post_init__(self) -> None:
+        static = {k: v for k, v in self.v5.items() if k not in ("status", "status_reason", "created_at")}
+        self.v5_prefix = orjson.dumps(static)[:-1]
 
 
 class CatalogIndex:
@@ -196,6 +206,16 @@ class CatalogIndex:
         self._template_by_ref = {ref: v for v in self.templates for ref in (v["name"], v["id"])}
         self._group_by_ref = {ref: v for v in self.groups for ref in (v["name"], v["id"])}
         self._group_members = {g.id: set(g.members) for g in groups.values()}
+        self._by_accounts: dict[frozenset[str], list[ModelEntry]] = {}
+
+    def models_of(self, accounts: frozenset[str]) -> list[ModelEntry]:
+        """The models of these accounts, in name order (cached per account set)."""
+        found = self._by_accounts.get(accounts)
+        if found is None:
+            found = [e for e in self.models if e.model.account_id in accounts]
+            if len(self._by_accounts) < 1024:  # bounded: account sets come from the key file
+                self._by_accounts[accounts] = found
+        return found
 
     def model(self, ref: str) -> Optional[ModelEntry]:
         """A model by name, id or deployment id."""
