@@ -24,6 +24,16 @@ from api_helpers import ACME_KEY, API_KEYS, make_catalog, running
 DATA = Path(__file__).parent / "data" / "deployments"
 
 
+def run(coro: Any) -> Any:
+    """Run a coroutine on a private loop: ``asyncio.run`` would unset the main
+    thread's event loop, which Pulumi's mocks in later tests rely on."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
 def load(name: str) -> Any:
     return json.loads((DATA / f"{name}.json").read_text())
 
@@ -75,7 +85,7 @@ def test_failing_source_degrades_to_deploying_never_500() -> None:
     source = Broken(interval=3600)
     app = create_app(make_catalog(2, 0), api_keys=API_KEYS, status_source=source)
     with running(app) as url:
-        asyncio.run(source.refresh_once())
+        run(source.refresh_once())
         r = httpx.get(f"{url}/v5/models", headers={"x-api-key": ACME_KEY})
         assert r.status_code == 200
         for item in r.json()["items"]:
@@ -98,7 +108,7 @@ def test_probe_status_against_a_real_healthcheck() -> None:
         source = ProbeStatus({"up": f"{url}/readyz", "down": f"{url}/missing",
                               "gone": "http://127.0.0.1:9/readyz"}, timeout=2)
         assert source.get("up").status == "deploying"  # before the first refresh
-        asyncio.run(source.refresh_once())
+        run(source.refresh_once())
     assert source.get("up") == ModelStatus("ready", ready_replicas=1)
     assert source.get("down").status == "deploying" and "answered 404" in source.get("down").reason
     assert "unreachable" in source.get("gone").reason
@@ -116,7 +126,7 @@ def test_cluster_creation_time_becomes_created_at() -> None:
         for _ in range(200):
             if httpx.get(f"{url}/v5/models/echo", headers=h).json()["status"] == "ready":
                 break
-            asyncio.run(asyncio.sleep(0.02))
+            run(asyncio.sleep(0.02))
         echo = httpx.get(f"{url}/v5/models/echo", headers=h).json()
         assert echo["status"] == "ready" and echo["created_at"] == "2024-05-01T10:00:00Z"
         tpl = httpx.get(f"{url}/v4/model-templates", headers=h).json()["items"][0]
@@ -137,10 +147,10 @@ def test_list_pages_follow_status_changes() -> None:
     app = create_app(make_catalog(0, 0), api_keys=API_KEYS, status_source=source)
     h = {"x-api-key": ACME_KEY}
     with running(app) as url:
-        asyncio.run(source.refresh_once())
+        run(source.refresh_once())
         first = httpx.get(f"{url}/v5/models", headers=h).json()["items"]
         assert {i["status"] for i in first} == {"deploying"}
         source.now = ModelStatus("ready")
-        asyncio.run(source.refresh_once())
+        run(source.refresh_once())
         again = httpx.get(f"{url}/v5/models", headers=h).json()["items"]
         assert {i["status"] for i in again} == {"ready"}
