@@ -13,7 +13,6 @@ import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Mapping, Optional, TypeVar
 
-import httpx
 import orjson
 from starlette.requests import Request
 
@@ -21,7 +20,7 @@ from ...catalog import Model
 from ..status import StatusSource
 from .metrics import InferenceMetrics
 from .protocols import BadBackendBody
-from .proxy import Forwarder, UpstreamError, _reason
+from .proxy import Forwarder, Upstream, UpstreamError
 from .settings import InferenceSettings, Timeouts
 from .streams import Event, EventSplitter, EventTooLarge, sse_error
 from .wake import Waker, status_ready
@@ -130,7 +129,7 @@ class Gateway:
     # --- forwarding -----------------------------------------------------------------
 
     async def open(self, model: Model, route: str, payload: bytes, timeouts: Timeouts,
-                   retries: Optional[int] = None) -> httpx.Response:
+                   retries: Optional[int] = None) -> Upstream:
         """Hold if needed, then send; a refused connection means no ready pods: hold once more."""
         await self.ensure_ready(model)
         url = self.base_url(model) + route
@@ -148,33 +147,28 @@ class Gateway:
     async def call_json(self, model: Model, route: str, payload: bytes, timeouts: Timeouts,
                         retries: Optional[int] = None) -> Any:
         response = await self.open(model, route, payload, timeouts, retries)
-        data = await self.forwarder.read(model.name, response, timeouts)
+        data = await self.forwarder.read(response)
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
             raise UpstreamError(502, "bad_response", f"model '{model.name}' answered a body that is not JSON") from None
 
-    async def events(self, model: Model, response: httpx.Response, timeouts: Timeouts) -> AsyncIterator[Event]:
+    async def events(self, model: Model, response: Upstream, timeouts: Timeouts) -> AsyncIterator[Event]:
         """The backend's stream as events, each as soon as it is complete."""
         content_type = response.headers.get("content-type", "")
         sse = "event-stream" in content_type or not any(t in content_type for t in ("json", "ndjson"))
         splitter = EventSplitter(sse)
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.chunks():
                 for event in splitter.feed(chunk):
                     yield event
             for event in splitter.flush():
                 yield event
-        except httpx.TimeoutException:
-            raise UpstreamError(504, "read_timeout", f"model '{model.name}' sent nothing for "
-                                f"{timeouts.read:g} s in the middle of a stream") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(502, "protocol", f"model '{model.name}' broke the stream ({_reason(exc)})") from None
         except EventTooLarge as exc:
             raise UpstreamError(502, "too_large", f"model '{model.name}': {exc}") from None
 
 
-async def guarded_stream(slot: Slot, response: httpx.Response, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def guarded_stream(slot: Slot, response: Upstream, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Forward ``events``; a failure mid-stream becomes an SSE ``error`` event."""
     try:
         async for chunk in events:

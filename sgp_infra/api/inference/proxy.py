@@ -1,4 +1,4 @@
-"""Forwarding to model backends: one pooled HTTP client, retries, error mapping.
+"""Forwarding to model backends: one pooled HTTP client (aiohttp), retries, error mapping.
 
 Everything a backend can do wrong ends here as an :class:`UpstreamError` with
 the status the API answers (502 broken backend, 503 unavailable, 504 too
@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
-import httpx
+import aiohttp
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -49,58 +49,106 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
 
 
+class Upstream:
+    """A backend response whose headers arrived; the body is read on demand.
+
+    :meth:`chunks` yields body bytes as they arrive and turns every transport
+    failure into an :class:`UpstreamError`; :meth:`aclose` is idempotent and
+    drops the connection unless the body was read to the end (then it goes
+    back to the pool).
+    """
+
+    def __init__(self, label: str, response: aiohttp.ClientResponse, timeouts: Timeouts):
+        self.label = label
+        self.response = response
+        self.timeouts = timeouts
+        self.status = response.status
+        self.headers = response.headers
+        self._complete = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.response.content.iter_any():
+                yield chunk
+            self._complete = True
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamError(504, "read_timeout", f"model '{self.label}' sent nothing for "
+                                f"{self.timeouts.read:g} s while answering") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(502, "protocol", f"model '{self.label}' broke the connection while answering "
+                                f"({_reason(exc)})") from None
+
+    async def aclose(self) -> None:
+        if self._complete:
+            self.response.release()
+        else:
+            self.response.close()
+
+
 class Forwarder:
-    """The shared connection pool and the request/retry loop."""
+    """The shared connection pool and the request/retry loop.
+
+    aiohttp rather than httpx for the hot path: on the benchmark machine an
+    httpx ``AsyncClient`` at concurrency 64 capped the proxy near 140 requests
+    per second, while aiohttp's pool kept up with the backend (see
+    ``docs/inference.md``).  aiohttp is already installed with the ``api``
+    extra (kubernetes-asyncio depends on it).
+    """
 
     def __init__(self, settings: InferenceSettings, metrics: InferenceMetrics):
         self.settings = settings
         self.metrics = metrics
-        self._client: Optional[httpx.AsyncClient] = None
+        self._session: Optional[aiohttp.ClientSession] = None
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def session(self) -> aiohttp.ClientSession:
         # Created on first use, inside the server's event loop.
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=30),
-                timeout=httpx.Timeout(30.0), follow_redirects=False, trust_env=False)
-        return self._client
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=30,
+                                             ttl_dns_cache=30)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False,
+                                                  timeout=aiohttp.ClientTimeout(total=None),
+                                                  skip_auto_headers=("User-Agent",))
+        return self._session
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def open_connections(self) -> int:
-        """Connections the pool holds now (for the load test's leak check)."""
-        if self._client is None:
+        """Connections the pool holds now, idle and in use."""
+        if self._session is None:
             return 0
-        pool = self._client._transport._pool  # type: ignore[attr-defined]
-        return len(pool.connections)
+        connector = self._session.connector
+        if connector is None:
+            return 0
+        idle = sum(len(v) for v in connector._conns.values())  # type: ignore[attr-defined]
+        return idle + len(connector._acquired)  # type: ignore[attr-defined]
 
     async def probe(self, url: str, timeout: float = 2.0) -> bool:
         """``True`` if ``url`` answers 2xx (a healthcheck through the Service)."""
         try:
-            response = await self.client.get(url, timeout=timeout)
-        except httpx.HTTPError:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                return 200 <= response.status < 300
+        except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
-        return 200 <= response.status_code < 300
 
     async def open(self, label: str, url: str, content: bytes, timeouts: Timeouts, *,
-                   retries: Optional[int] = None) -> httpx.Response:
+                   retries: Optional[int] = None) -> Upstream:
         """POST ``content`` and return the response once its headers arrived (2xx only)."""
         retries = self.settings.retries if retries is None else retries
-        timeout = httpx.Timeout(connect=timeouts.connect, read=timeouts.read, write=timeouts.read,
-                                pool=timeouts.connect)
+        timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_connect=timeouts.connect,
+                                        sock_read=timeouts.read)
         attempt = 0
         while True:
-            request = self.client.build_request("POST", url, content=content, timeout=timeout,
-                                                headers={"content-type": "application/json",
-                                                         "accept": "application/json, text/event-stream"})
             started = time.perf_counter()
             try:
-                response = await self.client.send(request, stream=True)
-            except httpx.ConnectError as exc:
+                response = await self.session.post(url, data=content, timeout=timeout, allow_redirects=False,
+                                                   headers=_HEADERS)
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+                    raise UpstreamError(502, "protocol", f"model '{label}': TLS failure ({_reason(exc)})") from None
                 if attempt < retries:
                     attempt += 1
                     await asyncio.sleep(self._backoff(attempt))
@@ -108,71 +156,68 @@ class Forwarder:
                 raise UpstreamError(503, "connect", f"model '{label}' is not accepting connections at {url} "
                                     f"({_reason(exc)}) after {attempt + 1} attempts",
                                     self.settings.retry_after) from None
-            except httpx.ConnectTimeout:
+            except aiohttp.ConnectionTimeoutError:
                 raise UpstreamError(504, "connect_timeout", f"model '{label}' did not accept a connection "
                                     f"within {timeouts.connect:g} s", self.settings.retry_after) from None
-            except httpx.PoolTimeout:
-                raise UpstreamError(503, "unavailable", f"no free connection to model '{label}' within "
-                                    f"{timeouts.connect:g} s", self.settings.retry_after) from None
-            except httpx.TimeoutException:
+            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
                 raise UpstreamError(504, "read_timeout", f"model '{label}' did not answer within "
                                     f"{timeouts.read:g} s") from None
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, ValueError) as exc:
                 raise UpstreamError(502, "protocol", f"model '{label}' broke the connection before answering "
                                     f"({_reason(exc)})") from None
             self.metrics.upstream_latency.labels(label).observe(time.perf_counter() - started)
-            if response.status_code == 503 and attempt < retries:
-                await response.aclose()
+            upstream = Upstream(label, response, timeouts)
+            if response.status == 503 and attempt < retries:
+                await upstream.aclose()
                 attempt += 1
                 await asyncio.sleep(self._backoff(attempt))
                 continue
-            if response.status_code >= 300:
-                raise await self._status_error(label, url, response)
-            return response
+            if response.status >= 300:
+                raise await self._status_error(label, url, upstream)
+            return upstream
 
     def _backoff(self, attempt: int) -> float:
         return self.settings.backoff * (2 ** (attempt - 1))
 
-    async def _status_error(self, label: str, url: str, response: httpx.Response) -> UpstreamError:
-        status = response.status_code
+    async def _status_error(self, label: str, url: str, upstream: Upstream) -> UpstreamError:
+        status = upstream.status
         try:
-            snippet = await _snippet(response)
+            snippet = await _snippet(upstream)
         finally:
-            await response.aclose()
+            await upstream.aclose()
         said = f": {snippet}" if snippet else ""
+        retry_after = _retry_after(upstream)
         if status == 503:
             return UpstreamError(503, "unavailable", f"model '{label}' is unavailable (it answered 503{said})",
-                                 _retry_after(response) or self.settings.retry_after)
+                                 retry_after or self.settings.retry_after)
         if status in PASS_THROUGH_4XX:
             return UpstreamError(status, "upstream_4xx", f"model '{label}' rejected the request{said}",
-                                 _retry_after(response) if status == 429 else None)
+                                 retry_after if status == 429 else None)
         if 400 <= status < 500:
             return UpstreamError(502, "upstream_4xx", f"model '{label}' answered {status} at {url}; check its "
                                  f"predict_route and endpoint_protocol{said}")
         return UpstreamError(502, "upstream_5xx", f"model '{label}' failed with HTTP {status}{said}")
 
-    async def read(self, label: str, response: httpx.Response, timeouts: Timeouts) -> bytes:
+    async def read(self, upstream: Upstream) -> bytes:
         """The whole body, at most ``max_response_bytes``; closes the response."""
         cap = self.settings.max_response_bytes
         try:
-            length = response.headers.get("content-length")
+            length = upstream.headers.get("content-length")
             if length and length.isdigit() and int(length) > cap:
-                raise UpstreamError(502, "too_large", f"model '{label}' answered {length} bytes; "
+                raise UpstreamError(502, "too_large", f"model '{upstream.label}' answered {length} bytes; "
                                     f"the limit is {cap}")
             buf = bytearray()
-            async for chunk in response.aiter_bytes():
+            async for chunk in upstream.chunks():
                 buf += chunk
                 if len(buf) > cap:
-                    raise UpstreamError(502, "too_large", f"model '{label}' answered more than {cap} bytes")
+                    raise UpstreamError(502, "too_large", f"model '{upstream.label}' answered more than "
+                                        f"{cap} bytes")
             return bytes(buf)
-        except httpx.TimeoutException:
-            raise UpstreamError(504, "read_timeout", f"model '{label}' stopped sending its answer for "
-                                f"{timeouts.read:g} s") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(502, "protocol", f"model '{label}' broke the connection while answering "
-                                f"({_reason(exc)})") from None
         finally:
-            await response.aclose()
+            await upstream.aclose()
+
+
+_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
 
 def parse_json(label: str, data: bytes) -> Any:
@@ -182,14 +227,14 @@ def parse_json(label: str, data: bytes) -> Any:
         raise UpstreamError(502, "bad_response", f"model '{label}' answered a body that is not JSON") from None
 
 
-async def _snippet(response: httpx.Response) -> str:
+async def _snippet(upstream: Upstream) -> str:
     buf = b""
     try:
-        async for chunk in response.aiter_bytes():
+        async for chunk in upstream.chunks():
             buf += chunk
             if len(buf) >= SNIPPET:
                 break
-    except httpx.HTTPError:
+    except UpstreamError:
         pass
     text = buf[:SNIPPET].decode("utf-8", errors="replace").strip()
     try:
@@ -204,8 +249,8 @@ async def _snippet(response: httpx.Response) -> str:
     return text[:500]
 
 
-def _retry_after(response: httpx.Response) -> Optional[int]:
-    value = response.headers.get("retry-after", "")
+def _retry_after(upstream: Upstream) -> Optional[int]:
+    value = upstream.headers.get("retry-after", "")
     return int(value) if value.isdigit() else None
 
 

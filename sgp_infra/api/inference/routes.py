@@ -224,7 +224,7 @@ async def _raw(request: Request, model: Model, args: dict[str, Any], *, stream: 
 
         async def chunks() -> AsyncIterator[bytes]:
             if not wrap:
-                async for chunk in upstream.aiter_bytes():
+                async for chunk in upstream.chunks():
                     yield chunk
                 return
             async for event in gw.events(model, upstream, timeouts):
