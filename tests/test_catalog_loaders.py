@@ -58,6 +58,7 @@ def test_both_loaders_give_the_same_catalogue(stack: Path, mocks: RecordingMocks
     from_file = load_file(stack)
     assert from_pulumi == from_file
     assert from_pulumi.summary() == from_file.summary()
+    assert from_pulumi.stack_document() == from_file.stack_document()
     assert {m.id for m in from_pulumi.models.values()} == {m.id for m in from_file.models.values()}
 
 

@@ -94,7 +94,11 @@ class _Builder:
 
         if self.errors or settings is None:
             raise CatalogInvalid(self.errors)
-        source = {k: v for k, v in self.raw.items() if k not in SECRET_KEYS}
+        # Settings are published as validated (``"false"`` from Pulumi and
+        # ``false`` from a YAML file become the same value), so every loader
+        # yields the same document.
+        source = settings.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        source.update({k: self.raw[k] for k in CATALOG_KEYS if k in self.raw})
         return Catalog(settings=settings, templates=tpl, models=resolved, groups=grp, source=source)
 
     def _settings(self) -> Optional[StackSettings]:

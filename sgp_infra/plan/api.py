@@ -48,18 +48,8 @@ def _meta(name: str, namespace: str) -> dict[str, Any]:
 
 
 def catalog_document(catalog: Catalog) -> str:
-    """The published catalogue: the stack document the API rebuilds with ``build_catalog``.
-
-    Settings written in the source are replaced by their validated values:
-    Pulumi hands scalar config to programs as strings (``"false"``) while a
-    stack file has YAML scalars (``false``), and the published text (hence the
-    checksum that rolls the pods) must be the same from ``render`` and from
-    ``pulumi up``.
-    """
-    doc = catalog.stack_document()
-    settings = catalog.settings.model_dump(mode="json", by_alias=True)
-    config = {key: settings.get(key.split(":", 1)[1], value) for key, value in doc["config"].items()}
-    return yaml.safe_dump({"config": config}, sort_keys=True, allow_unicode=True)
+    """The published catalogue: the stack document the API rebuilds with ``build_catalog``."""
+    return yaml.safe_dump(catalog.stack_document(), sort_keys=True, allow_unicode=True)
 
 
 def catalog_checksum(catalog: Catalog) -> str:
