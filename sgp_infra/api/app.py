@@ -21,7 +21,11 @@ Extension points (for inference routing, ``sgp_infra.api.inference``):
 * ``errors.ApiError(status, detail, **extra)`` to raise, ``errors.api_error``
   to return; every error leaves the app in that one JSON shape.
 * If ``sgp_infra.api.inference`` exists, its ``router`` is included after
-  the catalogue routes and its optional ``install(app)`` is called once.
+  the catalogue routes and its optional ``install(app)`` is called once.  Its
+  optional ``FastPath`` ASGI middleware class is added innermost (inside
+  ``MetricsMiddleware`` and the 500 handler) with ``api=app``: it answers
+  the inference ``POST`` routes without FastAPI's router and dependency
+  injection, and hands every other request on unchanged.
 """
 
 from __future__ import annotations
@@ -94,6 +98,11 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     app.state.started = False
     app.state.v5_page_cache = {}
     install_error_handlers(app)
+    inference = _inference_module() if include_inference else None
+    fast_path = getattr(inference, "FastPath", None)
+    if fast_path is not None:
+        # Added first, so it sits inside MetricsMiddleware (added next, outermost).
+        app.add_middleware(fast_path, api=app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
@@ -113,7 +122,6 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     app.include_router(routes_v4.router)
     app.include_router(routes_v5.router)
     app.include_router(writes.router)
-    inference = _inference_module() if include_inference else None
     if inference is not None:
         if hasattr(inference, "install"):
             inference.install(app)

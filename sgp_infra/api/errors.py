@@ -49,13 +49,18 @@ def api_error(status: int, detail: str, *, headers: dict[str, str] | None = None
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-async def _api_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
+def error_response(exc: ApiError) -> Response:
+    """The response for a raised :class:`ApiError` (``WWW-Authenticate`` on 401, ``Allow`` if given)."""
     headers = {"WWW-Authenticate": "x-api-key"} if exc.status == 401 else None
     allow = exc.extra.pop("allow", None)
     if allow:
         headers = {**(headers or {}), "Allow": allow}
     return api_error(exc.status, exc.detail, headers=headers, **exc.extra)
+
+
+async def _api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -3,7 +3,8 @@ scale-from-zero holds, limits and metrics.
 
 ``create_app`` calls :func:`install` once (it builds the per-app
 :class:`~.gateway.Gateway` and closes its connection pool at shutdown) and
-includes :data:`router`.  See ``docs/inference.md``.
+includes :data:`router`; :class:`~.fast.FastPath` serves the ``POST``
+routes ahead of FastAPI's router (same endpoints).  See ``docs/inference.md``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI
 
+from .fast import FastPath
 from .gateway import Gateway
 from .metrics import InferenceMetrics
 from .routes import router
 from .settings import InferenceSettings, settings_from_env
 
-__all__ = ["router", "install", "Gateway", "InferenceSettings"]
+__all__ = ["router", "install", "FastPath", "Gateway", "InferenceSettings"]
 
 
 def install(app: FastAPI, settings: Optional[InferenceSettings] = None) -> Gateway:

@@ -36,6 +36,12 @@ from .streams import sse
 
 router = APIRouter(tags=["inference"])
 
+#: ``POST`` route templates that :mod:`.fast` serves ahead of FastAPI's router
+#: (same endpoint functions, called with the path parameters then ``who=``).
+FAST_ROUTES: set[str] = set()
+#: The last segment of a v4 typed route → its template.
+V4_FAST_OPS: dict[str, str] = {}
+
 MAX_TIMEOUT_SECONDS = 3600
 MAX_RETRIES = 5
 
@@ -157,8 +163,11 @@ for _path, _op, _summary in (("completions", "completion", "Create a completion"
                              ("chat-completions", "chat", "Create a chat completion"),
                              ("embeddings", "embedding", "Create embeddings"),
                              ("rerankings", "rerank", "Rerank chunks")):
-    router.add_api_route(f"/v4/models/{{model_deployment_id}}/{_path}", _v4_op(_op), methods=["POST"],  # type: ignore[arg-type]
+    _template = f"/v4/models/{{model_deployment_id}}/{_path}"
+    router.add_api_route(_template, _v4_op(_op), methods=["POST"],  # type: ignore[arg-type]
                          summary=_summary, name=f"v4 {_path}", tags=["v4 inference"])
+    V4_FAST_OPS[_path] = _template
+    FAST_ROUTES.add(_template)
 
 
 def _v5_model(request: Request, who: Caller, body: dict[str, Any]) -> tuple[Model, str]:
@@ -312,3 +321,7 @@ async def chat_models(request: Request, who: Caller = Depends(caller),
     page = page_v5(items, limit, starting_after, ending_before)
     page["object"] = "list"
     return json_response(page)
+
+
+FAST_ROUTES.update({"/v5/chat/completions", "/v5/completions", "/v5/inference",
+                    "/v4/models/{model_instance_id}/deployments/{deployment_id}/execute"})
