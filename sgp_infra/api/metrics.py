@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +25,25 @@ access_log = logging.getLogger("sgp_infra.api.access")
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+def cached_labels(metric: Any) -> Callable[..., Any]:
+    """``metric.labels(*values)``, memoised per label tuple.
+
+    ``labels()`` takes a lock and rebuilds and validates the label tuple on
+    every call; the child it returns lives as long as the metric (nothing here
+    removes children), so the hot paths keep it.  Values must be strings, as
+    ``labels()`` would turn them into.
+    """
+    children: dict[tuple[str, ...], Any] = {}
+
+    def child(*values: str) -> Any:
+        found = children.get(values)
+        if found is None:
+            found = children[values] = metric.labels(*values)
+        return found
+
+    return child
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -32,6 +51,8 @@ class Metrics:
                                 ["method", "route", "status"], registry=self.registry)
         self.latency = Histogram("sgp_infra_api_request_duration_seconds", "Time to answer a request, by route",
                                  ["method", "route"], buckets=BUCKETS, registry=self.registry)
+        self.requests_of = cached_labels(self.requests)
+        self.latency_of = cached_labels(self.latency)
 
 
 def _route_of(scope: Scope) -> str:
@@ -64,8 +85,8 @@ class MetricsMiddleware:
             elapsed = time.perf_counter() - start
             route = _route_of(scope)
             method = scope["method"]
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(elapsed)
+            self.metrics.requests_of(method, route, str(status)).inc()
+            self.metrics.latency_of(method, route).observe(elapsed)
             if access_log.isEnabledFor(logging.INFO):
                 fields: dict[str, Any] = {"method": method, "path": scope["path"], "route": route,
                                           "status": status, "duration_ms": round(elapsed * 1000, 3)}

@@ -48,10 +48,10 @@ class Slot:
         self.done = True
         g, label = self.gateway, self.model.object_name
         g.in_flight[label] -= 1
-        g.metrics.in_flight.labels(label).dec()
-        g.metrics.requests.labels(label, self.operation, str(code)).inc()
+        g.metrics.in_flight_of(label).dec()
+        g.metrics.requests_of(label, self.operation, str(code)).inc()
         if error_kind:
-            g.metrics.errors.labels(label, error_kind).inc()
+            g.metrics.errors_of(label, error_kind).inc()
 
 
 class Gateway:
@@ -91,13 +91,13 @@ class Gateway:
         cap = self.settings.in_flight_cap(model)
         current = self.in_flight.get(label, 0)
         if current >= cap:
-            self.metrics.requests.labels(label, operation, "429").inc()
-            self.metrics.errors.labels(label, "over_capacity").inc()
+            self.metrics.requests_of(label, operation, "429").inc()
+            self.metrics.errors_of(label, "over_capacity").inc()
             raise UpstreamError(429, "over_capacity", f"model '{model.name}' already has {current} requests in "
                                 f"flight, its limit (per_worker {model.per_worker} x max_workers "
                                 f"{model.max_workers}); retry shortly", 1)
         self.in_flight[label] = current + 1
-        self.metrics.in_flight.labels(label).inc()
+        self.metrics.in_flight_of(label).inc()
         return Slot(self, model, operation)
 
     # --- readiness ----------------------------------------------------------------
@@ -184,28 +184,37 @@ async def guarded_stream(slot: Slot, response: Upstream, events: AsyncIterator[b
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; cancel it (and raise :class:`ClientGone`) if the client leaves first."""
-    task = asyncio.ensure_future(work)
+    """Run ``work``; cancel it (and raise :class:`ClientGone`) if the client leaves first.
+
+    ``work`` runs in the calling task and one listener task watches for the
+    disconnect and cancels the caller; a cancellation from anywhere else
+    (server shutdown) propagates as before.  One task per request instead of
+    two and no ``asyncio.wait``: this is on every inference request's path.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
 
     async def listen() -> None:
+        nonlocal gone
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
+                gone = True
+                task.cancel()
                 return
 
     listener = asyncio.ensure_future(listen())
     try:
-        done, _ = await asyncio.wait({task, listener}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        listener.cancel()
+        if gone and task.uncancel() == 0:
+            raise ClientGone() from None
         raise
-    if task in done:
+    except Exception:
+        if gone:  # the client left while ``work`` was failing: nobody to tell
+            task.uncancel()
+            raise ClientGone() from None
+        raise
+    finally:
         listener.cancel()
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the client is gone; nobody to tell
-        pass
-    raise ClientGone()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ..metrics import cached_labels
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0)
 COLD_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0)
@@ -37,3 +39,8 @@ class InferenceMetrics:
         self.wakeups = Counter("sgp_infra_model_wakeups_total",
                                "Cold-start wake-ups started (concurrent waiters share one)", ["model"],
                                registry=registry)
+        # Children memoised for the per-request paths (see ``cached_labels``).
+        self.in_flight_of = cached_labels(self.in_flight)
+        self.requests_of = cached_labels(self.requests)
+        self.errors_of = cached_labels(self.errors)
+        self.upstream_latency_of = cached_labels(self.upstream_latency)

@@ -165,7 +165,7 @@ class Forwarder:
             except (aiohttp.ClientError, ValueError) as exc:
                 raise UpstreamError(502, "protocol", f"model '{label}' broke the connection before answering "
                                     f"({_reason(exc)})") from None
-            self.metrics.upstream_latency.labels(label).observe(time.perf_counter() - started)
+            self.metrics.upstream_latency_of(label).observe(time.perf_counter() - started)
             upstream = Upstream(label, response, timeouts)
             if response.status == 503 and attempt < retries:
                 await upstream.aclose()
