@@ -13,6 +13,9 @@ from typing import Any
 
 import orjson
 
+#: The per-request line's logger (written by ``metrics.MetricsMiddleware``).
+ACCESS_LOGGER = "sgp_infra.api.access"
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
@@ -33,8 +36,12 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
-def configure_json_logging(level: int = logging.INFO) -> None:
-    """Send the service's and uvicorn's logs to stderr as JSON lines."""
+def configure_json_logging(level: int = logging.INFO, *, access_log: bool = True) -> None:
+    """Send the service's and uvicorn's logs to stderr as JSON lines.
+
+    ``access_log=False`` silences the per-request line (logger
+    ``sgp_infra.api.access``); every other log line is unchanged.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     for name in ("sgp_infra", "uvicorn", "uvicorn.error"):
@@ -42,3 +49,4 @@ def configure_json_logging(level: int = logging.INFO) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET if access_log else logging.WARNING)

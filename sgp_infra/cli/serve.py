@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--namespace", default=None,
                         help="namespace of the model Deployments (default: the stack's sgp-infra:namespace)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                        help="write one JSON log line per request (default on; --no-access-log saves its "
+                             "cost on busy inference replicas, see docs/inference.md)")
     parser.add_argument("--backend", dest="backends", metavar="MODEL=URL", action="append", type=backend_arg,
                         default=[], help="send MODEL's inference to URL instead of its in-cluster Service "
                                          "(repeatable), e.g. --backend echo=http://127.0.0.1:5005")
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     backends: dict[str, str] = dict(getattr(args, "backends", None) or {})
     status = build_status(args.status, catalog, args.namespace, backends)
     app = create_app(catalog, api_keys=keys, status_source=status, stack=args.stack, backends=backends)
-    configure_json_logging()
+    configure_json_logging(access_log=getattr(args, "access_log", True))
     print(f"serving {catalog.summary()} on http://{args.host}:{args.port}", file=sys.stderr)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
