@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sgp_infra validate --stack dev
+	$(PY) -m sgp_infra demo --stack dev
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -86,3 +86,11 @@ def test_stack_and_config_file_are_exclusive(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as info:
         main(["validate", "--stack", "dev", "--config-file", "x"])
     assert info.value.code == 2
+
+
+def test_validate_reports_problems_only_the_planner_sees(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = raw_catalog()
+    raw["autoscaler"] = "hpa"  # the HPA cannot scale to zero; m5 has min_workers: 0
+    assert main(["validate", "--config-file", str(write_stack(tmp_path, raw))]) == 1
+    err = capsys.readouterr().err
+    assert "sgp-infra:models.m5.vendor_configuration.model_infra.min_workers" in err

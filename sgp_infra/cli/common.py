@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ..catalog import Catalog, CatalogInvalid, SourceError, load_file
 from ..catalog.sources import resolve_config_file
@@ -53,3 +53,26 @@ def try_load(args: argparse.Namespace) -> tuple[Optional[Catalog], int]:
         return load_catalog(args), 0
     except CatalogLoadFailed as exc:
         return None, exc.code
+
+
+def try_load_planned(args: argparse.Namespace) -> tuple[Optional[Catalog], list[dict[str, Any]], int]:
+    """Load, validate and plan every object of the stack.
+
+    Some problems only the planner can see (a GPU type the stack's GPU profile
+    cannot place, ``min_workers: 0`` under the HPA autoscaler), so every
+    command that says a catalogue is valid plans it too.  Returns
+    ``(catalog, manifests, 0)`` or ``(None, [], exit_code)`` after printing.
+    """
+    from ..plan import plan_catalog
+    from ..plan.api import plan_api
+
+    catalog, code = try_load(args)
+    if catalog is None:
+        return None, [], code
+    try:
+        # The API's keys Secret is never planned as a manifest: its value is a Pulumi secret.
+        manifests = plan_catalog(catalog).manifests + plan_api(catalog)
+    except CatalogInvalid as exc:
+        print(f"{config_file_of(args)}: {exc.render()}", file=sys.stderr)
+        return None, [], EXIT_INVALID
+    return catalog, manifests, 0

@@ -14,10 +14,7 @@ from typing import IO, Any, Iterable
 
 import yaml
 
-from ..catalog import CatalogInvalid
-from ..plan import plan_catalog
-from ..plan.api import plan_api
-from .common import EXIT_INVALID, EXIT_USAGE, add_source_args, config_file_of, try_load
+from .common import EXIT_USAGE, add_source_args, try_load_planned
 
 HELP = "write a stack's Kubernetes manifests as YAML: one file per object, or one stream with --out -"
 
@@ -75,14 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    catalog, code = try_load(args)
+    catalog, manifests, code = try_load_planned(args)
     if catalog is None:
         return code
-    try:
-        manifests = plan_catalog(catalog).manifests + plan_api(catalog)  # the API's keys Secret is never rendered
-    except CatalogInvalid as exc:
-        print(f"{config_file_of(args)}: {exc.render()}", file=sys.stderr)
-        return EXIT_INVALID
     if args.out == "-":
         yaml.dump_all(manifests, sys.stdout, Dumper=Dumper, sort_keys=False, default_flow_style=False)
         return 0

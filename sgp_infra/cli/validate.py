@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_source_args, try_load
+from .common import add_source_args, try_load_planned
 
 HELP = "check a stack's catalogue; exit 0 with a summary, or 1 with every problem and its config path"
 
 DESCRIPTION = """\
 Reads the sgp-infra: keys of a stack config file and checks every template,
 model and model group: field names and types, creation parameters against
-their template's schema, references, GPU and worker settings, Kubernetes names.
+their template's schema, references, GPU and worker settings, Kubernetes names,
+and plans the Kubernetes objects, so a GPU type the stack's gpuProfile cannot
+place is caught here too.
 
 Valid: prints one line (templates, models, groups, GPUs by type at min/max
 scale) and exits 0. Invalid: prints every problem, each with its config path,
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    catalog, code = try_load(args)
+    catalog, _manifests, code = try_load_planned(args)
     if catalog is None:
         return code
     print(catalog.summary())
