@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
-import uvicorn
 
+from api_helpers import running
 from sgp_infra.api import create_app
 from sgp_infra.api.inference import InferenceSettings
 from sgp_infra.api.status import StaticStatus, StatusSource
@@ -101,25 +100,9 @@ def protocol_of(name: str) -> str:
     return MODELS[name][2] if name in MODELS else "SGP"
 
 
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
+def serve(app: Any) -> Any:
     """Serve an ASGI app with uvicorn in a thread on an ephemeral loopback port."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on",
-                            log_level="critical")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    return running(app)
 
 
 def free_port() -> int:
