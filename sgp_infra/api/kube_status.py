@@ -41,12 +41,31 @@ def statuses_from_objects(deployments: list[dict[str, Any]], pods: list[dict[str
     return out
 
 
+def kubectl_json(api: Any, obj: Any) -> dict[str, Any]:
+    """A client object as the JSON kubectl prints.
+
+    The client turns timestamps into ``datetime``s and serialises them back as
+    ``+00:00``; the API server (and the SGP API) write ``Z``, which is what the
+    recorded objects and ``created_at`` use.
+    """
+    out: dict[str, Any] = api.sanitize_for_serialization(obj)
+    meta = out.get("metadata") or {}
+    stamp = meta.get("creationTimestamp")
+    if isinstance(stamp, str) and stamp.endswith("+00:00"):
+        meta["creationTimestamp"] = stamp[: -len("+00:00")] + "Z"
+    return out
+
+
 class KubeStatus(CachedStatus):
     initial_reason = "reading model Deployments from the cluster"
 
-    def __init__(self, namespace: str, *, interval: float = 10.0):
+    def __init__(self, namespace: str, *, interval: float = 10.0, configuration: Any = None):
+        """``configuration`` (a ``kubernetes_asyncio.client.Configuration``) is
+        for talking to an API server other than the pod's own; by default the
+        in-cluster service-account config is loaded."""
         super().__init__(interval)
         self.namespace = namespace
+        self.configuration = configuration
         self._api_client: Any = None
 
     def get(self, object_name: str) -> ModelStatus:
@@ -58,8 +77,9 @@ class KubeStatus(CachedStatus):
         if self._api_client is None:
             from kubernetes_asyncio import client, config
 
-            config.load_incluster_config()
-            self._api_client = client.ApiClient()
+            if self.configuration is None:
+                config.load_incluster_config()
+            self._api_client = client.ApiClient(self.configuration)
         return self._api_client
 
     async def refresh(self) -> dict[str, ModelStatus]:
@@ -73,11 +93,11 @@ class KubeStatus(CachedStatus):
         if self._catalog_created_at is None:
             try:
                 cm = await core.read_namespaced_config_map(CATALOG_CONFIGMAP, self.namespace, _request_timeout=10)
-                self._catalog_created_at = api.sanitize_for_serialization(cm)["metadata"].get("creationTimestamp")
+                self._catalog_created_at = kubectl_json(api, cm)["metadata"].get("creationTimestamp")
             except Exception:  # noqa: BLE001 - optional; the Role may not grant configmaps
                 pass
-        to_json = api.sanitize_for_serialization
-        return statuses_from_objects([to_json(d) for d in deps.items], [to_json(p) for p in pods.items])
+        return statuses_from_objects([kubectl_json(api, d) for d in deps.items],
+                                     [kubectl_json(api, p) for p in pods.items])
 
     async def stop(self) -> None:
         await super().stop()
