@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from plan_fixtures import find, plan_errors, plan_raw, raw_catalog, v4_model, v5_model
 
-QUERY = 'sum(sgp_infra_model_requests_in_flight{model="%s"})'
+QUERY = 'sum(sgp_infra_model_requests_in_flight{model="%s",namespace="%s"})'
 
 
 def test_keda_scaled_object_scales_from_zero_on_in_flight_requests() -> None:
@@ -20,7 +20,7 @@ def test_keda_scaled_object_scales_from_zero_on_in_flight_requests() -> None:
     [trigger] = spec["triggers"]
     assert trigger["type"] == "prometheus"
     assert trigger["metadata"]["serverAddress"] == "http://prom.monitoring:9090"
-    assert trigger["metadata"]["query"] == QUERY % "m5"
+    assert trigger["metadata"]["query"] == QUERY % ("m5", plan.namespace)
     assert trigger["metadata"]["threshold"] == "7"
     assert find(plan, "HorizontalPodAutoscaler", "m5") is None
     # The autoscaler owns the replica count.

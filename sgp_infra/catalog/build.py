@@ -77,12 +77,15 @@ class _Builder:
 
         grp_specs = {n: (s.id or entity_id(s.account_id or account, "model_group", n), s.account_id or account, s)
                      for n, s in groups.items()}
-        memberships = self._memberships(grp_specs, models, account)
+        # Each model's id once (a UUIDv5 each): memberships and resolution both need it.
+        model_ids = {n: s.id or entity_id(s.account_id or account, "model", n) for n, s in models.items()}
+        memberships = self._memberships(grp_specs, models, account, model_ids)
 
         resolved: dict[str, Model] = {}
+        templates_failed = set(self._failed["templates"])
         for name, spec in models.items():
-            model = self._resolve_model(name, spec, account, tpl, set(self._failed["templates"]),
-                                        memberships.get(name))
+            model = self._resolve_model(name, spec, account, tpl, templates_failed,
+                                        memberships.get(name), model_ids[name])
             if model is not None:
                 resolved[name] = model
         self._unique_ids("models", resolved)
@@ -235,9 +238,9 @@ class _Builder:
 
     def _resolve_model(self, name: str, spec: Union[ModelV4, ModelV5], account: str,
                        templates: Mapping[str, Template], templates_failed: set[str],
-                       group: Optional[str]) -> Optional[Model]:
+                       group: Optional[str], mid: Optional[str] = None) -> Optional[Model]:
         acc = spec.account_id or account
-        mid = spec.id or entity_id(acc, "model", name)
+        mid = mid or spec.id or entity_id(acc, "model", name)
         base = ("models", name)
         if isinstance(spec, ModelV5):
             return self._resolve_v5(name, spec, acc, mid, group)
@@ -321,10 +324,13 @@ class _Builder:
         )
 
     def _memberships(self, groups: Mapping[str, tuple[str, str, ModelGroup]],
-                     models: Mapping[str, Union[ModelV4, ModelV5]], account: str) -> dict[str, str]:
+                     models: Mapping[str, Union[ModelV4, ModelV5]], account: str,
+                     ids: Optional[Mapping[str, str]] = None) -> dict[str, str]:
         """Model name → group name, from both directions; conflicts are errors."""
         by_id = {gid: n for n, (gid, _a, _s) in groups.items()}
-        model_ids = {(s.id or entity_id(s.account_id or account, "model", n)): n for n, s in models.items()}
+        if ids is None:
+            ids = {n: s.id or entity_id(s.account_id or account, "model", n) for n, s in models.items()}
+        model_ids = {mid: n for n, mid in ids.items()}
         failed_models = set(self._failed["models"])
         failed_groups = set(self._failed["modelGroups"])
         out: dict[str, str] = {}

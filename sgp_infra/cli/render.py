@@ -37,11 +37,63 @@ examples:
 _BASE_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+_STR, _INT, _BOOL, _NULL = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool",
+                             "tag:yaml.org,2002:null")
+_MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+#: (value, implicit) → resolved tag, shared by every dump: manifests repeat the
+#: same keys and values thousands of times.  Bounded; cleared when full.
+_RESOLVED: dict[tuple[str, Any], str] = {}
+_RESOLVED_MAX = 1 << 16
+
+
 class Dumper(_BASE_DUMPER):  # type: ignore[misc, valid-type]
-    """libyaml's safe dumper, never emitting anchors/aliases (kubectl-friendly)."""
+    """libyaml's safe dumper, never emitting anchors/aliases (kubectl-friendly).
+
+    Planned manifests are plain JSON-like trees (dict, list, str, int, bool,
+    None), so those types are represented directly rather than through
+    PyYAML's per-node type dispatch and alias bookkeeping, and the resolver's
+    regex checks on each scalar (libyaml asks twice per scalar whether it
+    needs quoting) are memoised.  The nodes, hence the YAML text, are exactly
+    what the safe representer makes with ``default_flow_style=False``;
+    anything else (floats, other types or styles) takes the stock path.
+    """
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+    def represent_data(self, data: Any) -> Any:
+        kind = type(data)
+        if kind is str:
+            return yaml.ScalarNode(_STR, data, style=self.default_style)
+        if self.default_flow_style is not False or self.default_style is not None:
+            return super().represent_data(data)
+        if kind is dict:
+            if self.sort_keys:
+                return super().represent_data(data)
+            represent = self.represent_data
+            return yaml.MappingNode(_MAP, [(represent(k), represent(v)) for k, v in data.items()],
+                                    flow_style=False)
+        if kind is list:
+            represent = self.represent_data
+            return yaml.SequenceNode(_SEQ, [represent(item) for item in data], flow_style=False)
+        if kind is int:
+            return yaml.ScalarNode(_INT, str(data))
+        if kind is bool:
+            return yaml.ScalarNode(_BOOL, "true" if data else "false")
+        if data is None:
+            return yaml.ScalarNode(_NULL, "null")
+        return super().represent_data(data)
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is not yaml.ScalarNode or self.yaml_path_resolvers:
+            return super().resolve(kind, value, implicit)
+        key = (value, implicit)
+        tag = _RESOLVED.get(key)
+        if tag is None:
+            if len(_RESOLVED) >= _RESOLVED_MAX:
+                _RESOLVED.clear()
+            tag = _RESOLVED[key] = super().resolve(kind, value, implicit)
+        return tag
 
 
 def dump(manifest: dict[str, Any], stream: IO[str] | None = None) -> Any:

@@ -13,7 +13,7 @@ loopback).
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Mapping, Optional, TypedDict
 
 import pulumi
 
@@ -50,17 +50,19 @@ def child_suffix(manifest: Mapping[str, Any]) -> str:
 class CatalogApi(pulumi.ComponentResource):
     """The catalogue API: Deployment, Service, catalogue ConfigMap, keys Secret, RBAC, PDB."""
 
-    url: pulumi.Output[str]
-    """In-cluster URL of the API Service."""
-    catalog_checksum: pulumi.Output[str]
-    """Checksum of the published catalogue (a change rolls the pods)."""
+    # Declared for type checkers only: Pulumi resolves a resource class's runtime annotations
+    # (typing.get_type_hints) on every instantiation, a cost per model with no effect here.
+    if TYPE_CHECKING:
+        url: pulumi.Output[str]
+        """In-cluster URL of the API Service."""
+        catalog_checksum: pulumi.Output[str]
+        """Checksum of the published catalogue (a change rolls the pods)."""
 
     def __init__(self, name: str, args: CatalogApiArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__(TYPE, name, None, opts)
         catalog = args["catalog"]
         ns = catalog.settings.namespace
         depends = [args["namespace"]] if "namespace" in args else []
-        child = pulumi.ResourceOptions(parent=self, depends_on=depends)
 
         keys = args["api_keys"] if "api_keys" in args else pulumi.Config("sgp-infra").get_secret_object("apiKeys")
         self.secret: Optional[pulumi.CustomResource] = None
@@ -76,12 +78,13 @@ class CatalogApi(pulumi.ComponentResource):
                                        additional_secret_outputs=["stringData", "data"]))
 
         self.children: dict[str, pulumi.CustomResource] = {}
-        for manifest in plan_api(catalog):
+        planned = plan_api(catalog)  # once: it serialises the whole catalogue
+        for manifest in planned:
             extra = [self.secret] if manifest["kind"] == "Deployment" and self.secret is not None else []
             self.children[child_suffix(manifest)] = register_manifest(
                 f"{name}-{child_suffix(manifest)}", manifest,
-                pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[*depends, *extra])))
-        deployment = next(m for m in plan_api(catalog) if m["kind"] == "Deployment")
+                pulumi.ResourceOptions(parent=self, depends_on=[*depends, *extra]))
+        deployment = next(m for m in planned if m["kind"] == "Deployment")
         self.url = pulumi.Output.from_input(f"http://{API_NAME}.{ns}.svc.cluster.local")
         self.catalog_checksum = pulumi.Output.from_input(
             deployment["spec"]["template"]["metadata"]["annotations"]["sgp-infra.io/catalog-checksum"])

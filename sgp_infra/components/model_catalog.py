@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Optional, TypedDict
 
 import pulumi
 
@@ -35,11 +35,14 @@ def shared_suffix(manifest: dict[str, Any]) -> str:
 class ModelCatalog(pulumi.ComponentResource):
     """Every model of a catalogue, deployed into the stack's namespace."""
 
-    namespace: pulumi.Output[str]
-    """The namespace name, available once the Namespace exists."""
-    urls: pulumi.Output[dict[str, str]]
-    """Model name → in-cluster URL of its Service."""
-    endpoints: dict[str, ModelEndpoint]
+    # Declared for type checkers only: Pulumi resolves a resource class's runtime annotations
+    # (typing.get_type_hints) on every instantiation, a cost per model with no effect here.
+    if TYPE_CHECKING:
+        namespace: pulumi.Output[str]
+        """The namespace name, available once the Namespace exists."""
+        urls: pulumi.Output[dict[str, str]]
+        """Model name → in-cluster URL of its Service."""
+        endpoints: dict[str, ModelEndpoint]
 
     def __init__(self, name: str, args: ModelCatalogArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__(TYPE, name, None, opts)

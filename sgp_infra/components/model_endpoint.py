@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Optional, TypedDict
 
 import pulumi
 
@@ -58,11 +58,14 @@ class ModelEndpoint(pulumi.ComponentResource):
     at the provider's 10-minute default.
     """
 
-    url: pulumi.Output[str]
-    """In-cluster URL of the model's Service."""
-    deployment_name: pulumi.Output[str]
-    placement: pulumi.Output[dict[str, Any]]
-    """The resolved GPU placement: profile, resource, count, nodeSelector, tolerations."""
+    # Declared for type checkers only: Pulumi resolves a resource class's runtime annotations
+    # (typing.get_type_hints) on every instantiation, a cost per model with no effect here.
+    if TYPE_CHECKING:
+        url: pulumi.Output[str]
+        """In-cluster URL of the model's Service."""
+        deployment_name: pulumi.Output[str]
+        placement: pulumi.Output[dict[str, Any]]
+        """The resolved GPU placement: profile, resource, count, nodeSelector, tolerations."""
 
     def __init__(self, name: str, args: ModelEndpointArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__(TYPE, name, None, opts)

@@ -9,6 +9,7 @@ class (KEDA's ScaledObject and other custom resources) become
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Mapping, Optional
 
@@ -36,7 +37,9 @@ TYPED: dict[tuple[str, str], type[pulumi.CustomResource]] = {
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
+@functools.lru_cache(maxsize=None)
 def _snake(field: str) -> str:
+    """``stringData`` → ``string_data`` (memoised: a few field names, thousands of objects)."""
     return _CAMEL.sub("_", field).lower()
 
 

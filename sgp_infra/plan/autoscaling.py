@@ -2,7 +2,9 @@
 
 The load signal is the number of requests in flight to the model, which the
 API exports per replica as ``sgp_infra_model_requests_in_flight{model=...}``;
-the trigger sums it across replicas, and ``per_worker`` is the target per
+the trigger sums it across replicas (scoped to the stack's namespace, a label
+Prometheus adds from the scrape target, so stacks sharing one Prometheus never
+read each other's load), and ``per_worker`` is the target per
 model replica.  KEDA can scale to zero (it activates on the first request in
 flight); a plain HPA cannot go below one replica.
 """
@@ -21,8 +23,15 @@ def owns_replicas(model: Model) -> bool:
     return model.max_workers > model.min_workers
 
 
-def in_flight_query(model: Model) -> str:
-    return f'sum({IN_FLIGHT_METRIC}{{model="{model.object_name}"}})'
+def in_flight_query(model: Model, namespace: str) -> str:
+    """The model's in-flight requests summed over API replicas, in this stack's namespace only.
+
+    The API exports only ``model``; ``namespace`` is the target label that
+    Prometheus' Kubernetes service discovery (and a ServiceMonitor/PodMonitor)
+    attaches to every scraped series, so two stacks whose models share an
+    object name don't read each other's load.
+    """
+    return f'sum({IN_FLIGHT_METRIC}{{model="{model.object_name}",namespace="{namespace}"}})'
 
 
 def min_workers_path(model: Model) -> str:
@@ -65,7 +74,7 @@ def scaled_object(model: Model, settings: StackSettings) -> dict[str, Any]:
                 "type": "prometheus",
                 "metadata": {
                     "serverAddress": settings.prometheus_url,
-                    "query": in_flight_query(model),
+                    "query": in_flight_query(model, settings.namespace),
                     "threshold": str(model.per_worker),
                     "activationThreshold": "0",
                     "ignoreNullValues": "true",
