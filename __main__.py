@@ -13,8 +13,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from sgp_infra.catalog import CatalogInvalid, load_pulumi
-from sgp_infra.components import ModelCatalog
-from sgp_infra.components.catalog_api import CatalogApi
+from sgp_infra.components import CatalogApi, ModelCatalog
 from sgp_infra.plan import plan_catalog
 
 try:

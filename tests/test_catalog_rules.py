@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from catalog_fixtures import raw_catalog, template, v4_model, v5_model
+from catalog_fixtures import raw_catalog, template, v5_model
 from sgp_infra.catalog import CatalogInvalid, build_catalog, entity_id
 
 

@@ -105,7 +105,7 @@ def test_own_provider_and_namespace(recorder: Recorder) -> None:
     [provider] = [r for r in recorder.registered if r.type == "pulumi:providers:kubernetes"]
     assert provider.name == "cluster" and provider.inputs["renderYamlToDirectory"] == "rendered"
     objects = k8s_objects(recorder)
-    assert objects and all(f"pulumi:providers:kubernetes::cluster::" in r.provider for r in objects)
+    assert objects and all("pulumi:providers:kubernetes::cluster::" in r.provider for r in objects)
     namespaces = {r.inputs["metadata"]["name"] for r in objects if r.type == "kubernetes:core/v1:Namespace"}
     assert namespaces == {"ml-platform", "ml-catalog"}  # the team's own, and the catalogue's
 

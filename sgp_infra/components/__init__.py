@@ -5,9 +5,10 @@ register exactly the planner's manifests (``sgp_infra.plan``), through
 :func:`register_manifest`.
 """
 
+from .catalog_api import CatalogApi, CatalogApiArgs
 from .model_catalog import ModelCatalog, ModelCatalogArgs
 from .model_endpoint import ModelEndpoint, ModelEndpointArgs
 from .resources import register_manifest, resource_class
 
-__all__ = ["ModelCatalog", "ModelCatalogArgs", "ModelEndpoint", "ModelEndpointArgs", "register_manifest",
+__all__ = ["CatalogApi", "CatalogApiArgs", "ModelCatalog", "ModelCatalogArgs", "ModelEndpoint", "ModelEndpointArgs", "register_manifest",
            "resource_class"]

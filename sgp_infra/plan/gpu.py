@@ -219,7 +219,7 @@ def place(model: Model, profile: GpuProfile) -> Union[Placement, ConfigError]:
         return Placement(profile.name, None, None, 0, {}, ())
     rule = profile.types.get(model.gpu_type)
     if rule is None:
-        reason = profile.missing.get(model.gpu_type, f"the profile maps no rule for it")
+        reason = profile.missing.get(model.gpu_type, "the profile maps no rule for it")
         where = "" if model.template is None else f" (from template '{model.template.name}')"
         return ConfigError(
             gpu_type_path(model),
