@@ -33,7 +33,7 @@ from .entities import (
 from .errors import CatalogInvalid, ConfigError, config_path
 from .model import Catalog, Group, Model, Template
 from .naming import entity_id, image_ref_problems, object_name, object_name_problem
-from .params import check_parameters, inject, placeholders
+from .params import check_parameters, inject, placeholders, render_value
 from .settings import CATALOG_KEYS, SECRET_KEYS, StackSettings
 
 #: Endpoint types sgp-infra can deploy today.  ASYNC and BATCH need a queue
@@ -313,7 +313,7 @@ class _Builder:
             model_type=spec.model_type, model_vendor=spec.model_vendor, template=None, group=group,
             image=f"{img.registry}/{img.repository}:{img.tag}",
             command=tuple(img.command), streaming_command=tuple(img.streaming_command) if img.streaming_command else None,
-            env={k: _env_text(v) for k, v in img.env_vars.items()},
+            env={k: render_value(v) for k, v in img.env_vars.items()},
             healthcheck_route=img.healthcheck_route, predict_route=img.predict_route,
             streaming_predict_route=img.streaming_predict_route,
             readiness_initial_delay_seconds=img.readiness_delay,
@@ -409,12 +409,6 @@ def _list_at(injected: Mapping[tuple[Union[str, int], ...], str], key: str,
 
 def _loc_text(loc: tuple[Union[str, int], ...]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p) for i, p in enumerate(loc))
-
-
-def _env_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _fields_at(cls: type[BaseModel], loc: tuple[Union[str, int], ...]) -> list[str]:
