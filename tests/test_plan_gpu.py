@@ -172,3 +172,10 @@ def test_gpu_pods_get_a_memory_backed_dev_shm() -> None:
     pod = pod_spec(plan, "m5")
     assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     assert container(plan, "m5")["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+
+
+def test_extends_that_is_not_a_name_is_a_config_error() -> None:
+    # A list or map under extends must be reported with its path, not raise TypeError (unhashable).
+    for extends in (["eks"], {"name": "eks"}):
+        errors = plan_errors(_raw({"extends": extends}, "nvidia-tesla-t4"))
+        assert "sgp-infra:gpuProfile.extends" in errors

@@ -157,7 +157,7 @@ def _custom_profile(value: Mapping[str, Any]) -> tuple[Optional[GpuProfile], lis
     tolerations = DEFAULT_TOLERATIONS
     base = value.get("extends")
     if base is not None:
-        if base not in BUILTIN_PROFILES:
+        if not isinstance(base, str) or base not in BUILTIN_PROFILES:  # a list or map is no profile name
             errors.append(ConfigError(config_path("gpuProfile", "extends"),
                                       f"unknown GPU profile {base!r}; use one of {', '.join(sorted(BUILTIN_PROFILES))}"))
         else:
