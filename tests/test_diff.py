@@ -346,3 +346,17 @@ def test_cli_invalid_base_is_a_warning_not_an_error(tmp_path: Path, capsys: pyte
     current = write_stack(tmp_path / "Pulumi.t.yaml", raw_catalog())
     assert main(["diff", "--config-file", str(current), "--base", str(base)]) == 0
     assert "is invalid (1 problem)" in capsys.readouterr().out
+
+
+def test_cli_invalid_current_with_non_string_group_member_is_reported_not_raised(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write_stack(tmp_path / "base.yaml", raw_catalog())
+    raw = raw_catalog()
+    del raw["models"]["m4"]
+    raw["modelGroups"]["g"]["models"] = [{"name": "m4"}, "m4"]  # a map where a name belongs
+    current = write_stack(tmp_path / "Pulumi.t.yaml", raw)
+    assert main(["diff", "--config-file", str(current), "--base", str(base)]) == 1
+    captured = capsys.readouterr()
+    assert "sgp-infra:modelGroups.g.models[0]" in captured.out
+    assert "model 'm4' is removed by this change but group 'g' still lists it" in captured.out
+    assert "Traceback" not in captured.err

@@ -404,7 +404,7 @@ def dangling_group_members(base: Optional[Catalog], current_raw: Mapping[str, An
     for gname, body in sorted(raw_groups.items(), key=lambda kv: str(kv[0])):
         members = body.get("models") if isinstance(body, Mapping) else None
         for i, ref in enumerate(members if isinstance(members, list) else []):
-            if ref in removed:
+            if isinstance(ref, str) and ref in removed:  # the config is invalid: a ref may be any YAML value
                 out.append(Warning("removed-model-in-group",
                                    f"model '{ref}' is removed by this change but group '{gname}' still "
                                    f"lists it ({config_path('modelGroups', str(gname), 'models', i)}): "
