@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, TypedDict
 import pulumi
 
 from ..catalog import Catalog
-from ..plan.api import API_KEYS_KEY, API_NAME, api_keys_secret, plan_api
-from .resources import register_manifest
+from ..plan.api import API_KEYS_KEY, CHECKSUM_ANNOTATION, api_keys_secret, api_url, plan_api
+from .resources import child_suffix, register_manifest
 
 try:  # Python 3.11+
     from typing import NotRequired
@@ -41,10 +41,6 @@ class CatalogApiArgs(TypedDict):
     """Key → accounts; defaults to the secret config ``sgp-infra:apiKeys``."""
     namespace: NotRequired[pulumi.Resource]
     """The Namespace resource, when this program creates it (adds the dependency)."""
-
-
-def child_suffix(manifest: Mapping[str, Any]) -> str:
-    return manifest["kind"].lower()
 
 
 class CatalogApi(pulumi.ComponentResource):
@@ -81,11 +77,11 @@ class CatalogApi(pulumi.ComponentResource):
         planned = plan_api(catalog)  # once: it serialises the whole catalogue
         for manifest in planned:
             extra = [self.secret] if manifest["kind"] == "Deployment" and self.secret is not None else []
-            self.children[child_suffix(manifest)] = register_manifest(
-                f"{name}-{child_suffix(manifest)}", manifest,
-                pulumi.ResourceOptions(parent=self, depends_on=[*depends, *extra]))
+            suffix = child_suffix(manifest)
+            self.children[suffix] = register_manifest(
+                f"{name}-{suffix}", manifest, pulumi.ResourceOptions(parent=self, depends_on=[*depends, *extra]))
         deployment = next(m for m in planned if m["kind"] == "Deployment")
-        self.url = pulumi.Output.from_input(f"http://{API_NAME}.{ns}.svc.cluster.local")
+        self.url = pulumi.Output.from_input(api_url(ns))
         self.catalog_checksum = pulumi.Output.from_input(
-            deployment["spec"]["template"]["metadata"]["annotations"]["sgp-infra.io/catalog-checksum"])
+            deployment["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION])
         self.register_outputs({"url": self.url, "catalog_checksum": self.catalog_checksum})

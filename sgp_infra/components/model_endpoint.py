@@ -9,7 +9,7 @@ import pulumi
 from ..catalog import CatalogInvalid, Model, StackSettings
 from ..plan import ModelPlan, plan_model
 from ..plan.gpu import resolve_profile
-from .resources import register_manifest
+from .resources import child_suffix, register_manifest
 
 try:  # Python 3.11+
     from typing import NotRequired
@@ -30,11 +30,6 @@ class ModelEndpointArgs(TypedDict):
     """The Namespace resource the model's objects must wait for, when it is created alongside."""
     plan: NotRequired[ModelPlan]
     """The model's plan when the caller already planned the catalogue."""
-
-
-def child_suffix(manifest: dict[str, Any]) -> str:
-    """``deployment``, ``service``, ``scaledobject``, ``horizontalpodautoscaler``…"""
-    return manifest["kind"].lower()
 
 
 def plan_for(args: ModelEndpointArgs) -> ModelPlan:

@@ -43,6 +43,11 @@ def _snake(field: str) -> str:
     return _CAMEL.sub("_", field).lower()
 
 
+def child_suffix(manifest: Mapping[str, Any]) -> str:
+    """A component child's name suffix: the kind, lower-case (``deployment``, ``scaledobject``…)."""
+    return manifest["kind"].lower()
+
+
 def resource_class(manifest: Mapping[str, Any]) -> Optional[type[pulumi.CustomResource]]:
     """The typed class for a manifest, or ``None`` for a custom resource."""
     return TYPED.get((manifest["apiVersion"], manifest["kind"]))

@@ -21,6 +21,7 @@ import yaml
 
 from ..catalog import Catalog
 from .labels import COMPONENT, INSTANCE, MANAGED_BY, MANAGED_BY_KEY, NAME, PART_OF, PART_OF_KEY
+from .service import in_cluster_url
 
 API_NAME = "sgp-infra-api"
 CATALOG_CONFIGMAP = "sgp-infra-catalog"
@@ -161,6 +162,11 @@ def deployment(catalog: Catalog, checksum: Optional[str] = None) -> dict[str, An
             },
         },
     }
+
+
+def api_url(namespace: str) -> str:
+    """The API Service's in-cluster URL."""
+    return in_cluster_url(API_NAME, namespace)
 
 
 def service(namespace: str) -> dict[str, Any]:

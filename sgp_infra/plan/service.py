@@ -9,9 +9,14 @@ from .constants import MODEL_PORT_NAME, SERVICE_PORT
 from .labels import model_annotations, model_labels, selector_labels
 
 
+def in_cluster_url(service_name: str, namespace: str) -> str:
+    """A Service's in-cluster URL (port 80 is implied)."""
+    return f"http://{service_name}.{namespace}.svc.cluster.local"
+
+
 def service_url(model: Model, settings: StackSettings) -> str:
-    """The in-cluster URL (port 80 is implied)."""
-    return f"http://{model.object_name}.{settings.namespace}.svc.cluster.local"
+    """The model's in-cluster URL."""
+    return in_cluster_url(model.object_name, settings.namespace)
 
 
 def service(model: Model, settings: StackSettings) -> dict[str, Any]:
