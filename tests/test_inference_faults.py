@@ -334,3 +334,43 @@ def test_requests_beyond_per_worker_times_max_workers_get_429() -> None:
             t.join(30)
         assert results == [200, 200]
         assert client.post("/v4/models/tiny/completions", json={"prompt": "x"}).status_code == 200
+
+
+def test_stream_closes_the_backend_response_when_the_client_leaves_before_the_first_chunk() -> None:
+    """The chunk generator never starts, so only ``on_close`` can close the backend response."""
+    from sgp_infra.api.inference.routes import _stream_response
+
+    class FakeUpstream:
+        closed = 0
+
+        async def aclose(self) -> None:
+            FakeUpstream.closed += 1
+
+    class FakeSlot:
+        finished: list[tuple[int, Optional[str]]] = []
+
+        def finish(self, code: int, kind: Optional[str] = None) -> None:
+            self.finished.append((code, kind))
+
+    started = False
+
+    async def chunks() -> Any:
+        nonlocal started
+        started = True
+        yield b"data: {}\n\n"
+
+    async def scenario() -> None:
+        stream = _stream_response(FakeSlot(), FakeUpstream(), chunks(), "text/event-stream")  # type: ignore[arg-type]
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            await asyncio.Event().wait()  # the client is gone: nothing is ever written
+
+        await stream({"type": "http"}, receive, send)
+
+    asyncio.run(scenario())
+    assert not started
+    assert FakeUpstream.closed == 1
+    assert FakeSlot.finished == [(499, "client_disconnect")]

@@ -168,8 +168,13 @@ class Gateway:
             raise UpstreamError(502, "too_large", f"model '{model.name}': {exc}") from None
 
 
-async def guarded_stream(slot: Slot, response: Upstream, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Forward ``events``; a failure mid-stream becomes an SSE ``error`` event."""
+async def guarded_stream(slot: Slot, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Forward ``events``; a failure mid-stream becomes an SSE ``error`` event.
+
+    The backend response is closed by the stream's ``on_close`` (see
+    ``routes._stream_response``), not here: a generator that never started
+    (the client left before the first chunk) runs no ``finally``.
+    """
     try:
         async for chunk in events:
             yield chunk
@@ -179,8 +184,6 @@ async def guarded_stream(slot: Slot, response: Upstream, events: AsyncIterator[b
     except BadBackendBody as exc:
         slot.finish(200, "bad_response")
         yield sse_error(502, f"model '{slot.model.name}' streamed an event of the wrong shape: {exc}")
-    finally:
-        await response.aclose()
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:

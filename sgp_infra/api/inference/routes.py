@@ -31,7 +31,7 @@ from .gateway import ClientGone, Gateway, Slot, guarded_stream, until_disconnect
 from .protocols import (BadBackendBody, Call, Op, backend_kind, backend_request, parse_delta, parse_result,
                         parse_v4, parse_v5_chat, parse_v5_completion, render_v4, render_v4_chunk, render_v5,
                         render_v5_chunk, validate_bindings)
-from .proxy import ProxyStream, UpstreamError
+from .proxy import ProxyStream, Upstream, UpstreamError
 from .streams import sse
 
 router = APIRouter(tags=["inference"])
@@ -105,11 +105,15 @@ async def _run(request: Request, model: Model, operation: str, work: Callable[[S
     return response
 
 
-def _stream_response(slot: Slot, response: Any, chunks: AsyncIterator[bytes], media_type: str) -> ProxyStream:
+def _stream_response(slot: Slot, upstream: Upstream, chunks: AsyncIterator[bytes], media_type: str) -> ProxyStream:
     async def on_close(disconnected: bool) -> None:
-        slot.finish(499 if disconnected else 200, "client_disconnect" if disconnected else None)
+        # Always runs, even when the client left before the first chunk was pulled.
+        try:
+            await upstream.aclose()
+        finally:
+            slot.finish(499 if disconnected else 200, "client_disconnect" if disconnected else None)
 
-    return ProxyStream(guarded_stream(slot, response, chunks), on_close, media_type=media_type)
+    return ProxyStream(guarded_stream(slot, chunks), on_close, media_type=media_type)
 
 
 # --- typed operations (v4 and v5 chat/completions) ------------------------------------
