@@ -196,8 +196,8 @@ def _type_rule(gpu_type: str, rule: Any) -> tuple[list[ConfigError], Optional[Ty
               for k in rule if k not in ("nodeSelector", "resource")]
     selector = {str(k): str(v) for k, v in rule.get("nodeSelector", {}).items()}
     for key, val in selector.items():
-        problem = label_problem(key, val)
-        if problem and "set by sgp-infra" not in problem:
+        problem = label_problem(key, val, reserved_ok=True)
+        if problem:
             errors.append(ConfigError(config_path(*path, "nodeSelector", key), problem))
     resource = rule.get("resource", GPU_RESOURCE)
     if not isinstance(resource, str) or "/" not in resource:

@@ -86,14 +86,18 @@ def label_safe(text: str) -> str:
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", text[:63])
 
 
-def label_problem(key: str, value: str) -> str | None:
-    """Why ``key: value`` is not a valid Kubernetes label, or ``None``."""
+def label_problem(key: str, value: str, *, reserved_ok: bool = False) -> str | None:
+    """Why ``key: value`` is not a valid Kubernetes label, or ``None``.
+
+    Keys under :data:`RESERVED_PREFIXES` are a problem unless ``reserved_ok``
+    (node labels a GPU profile selects on are the cluster's, not ours).
+    """
     prefix, _, name = key.rpartition("/")
     if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
         return f"label key {key!r}: the prefix must be a DNS subdomain (example: acme.io/team)"
     if not name or len(name) > 63 or not _LABEL_NAME.match(name):
         return f"label key {key!r}: the name must be 1-63 alphanumerics, '-', '_' or '.', alphanumeric at both ends"
-    if key.startswith(RESERVED_PREFIXES):
+    if not reserved_ok and key.startswith(RESERVED_PREFIXES):
         return f"label key {key!r} is set by sgp-infra itself; use another prefix"
     if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
         return (f"label {key!r}: value {value!r} must be at most 63 alphanumerics, '-', '_' or '.', "
