@@ -32,7 +32,7 @@ from .entities import (
 )
 from .errors import CatalogInvalid, ConfigError, config_path
 from .model import Catalog, Group, Model, Template
-from .naming import entity_id, image_ref_problems, object_name, object_name_problem
+from .naming import EntityKind, entity_id, image_ref_problems, object_name, object_name_problem
 from .params import check_parameters, inject, placeholders, render_value
 from .settings import CATALOG_KEYS, SECRET_KEYS, StackSettings
 
@@ -69,23 +69,21 @@ class _Builder:
         models = self._entries("models", lambda e: ModelV5 if "vendor_configuration" in e else ModelV4)
         groups = self._entries("modelGroups", lambda _e: ModelGroup)
 
-        tpl = {n: Template(n, s.id or entity_id(s.account_id or account, "model_template", n), s.account_id or account, s)
-               for n, s in templates.items()}
+        tpl = {n: Template(n, *_identity(s, account, "model_template", n), s) for n, s in templates.items()}
         self._unique_ids("templates", tpl)
         for t in tpl.values():
             self._check_template(t)
 
-        grp_specs = {n: (s.id or entity_id(s.account_id or account, "model_group", n), s.account_id or account, s)
-                     for n, s in groups.items()}
-        # Each model's id once (a UUIDv5 each): memberships and resolution both need it.
-        model_ids = {n: s.id or entity_id(s.account_id or account, "model", n) for n, s in models.items()}
-        memberships = self._memberships(grp_specs, models, account, model_ids)
+        grp_specs = {n: (*_identity(s, account, "model_group", n), s) for n, s in groups.items()}
+        # Each model's (id, account) once (the id is a UUIDv5): memberships and resolution both need it.
+        model_ids = {n: _identity(s, account, "model", n) for n, s in models.items()}
+        memberships = self._memberships(grp_specs, models, model_ids)
 
         resolved: dict[str, Model] = {}
         templates_failed = set(self._failed["templates"])
         for name, spec in models.items():
-            model = self._resolve_model(name, spec, account, tpl, templates_failed,
-                                        memberships.get(name), model_ids[name])
+            mid, acc = model_ids[name]
+            model = self._resolve_model(name, spec, mid, acc, tpl, templates_failed, memberships.get(name))
             if model is not None:
                 resolved[name] = model
         self._unique_ids("models", resolved)
@@ -236,11 +234,9 @@ class _Builder:
 
     # -- pass 3: models and references --------------------------------------
 
-    def _resolve_model(self, name: str, spec: Union[ModelV4, ModelV5], account: str,
+    def _resolve_model(self, name: str, spec: Union[ModelV4, ModelV5], mid: str, acc: str,
                        templates: Mapping[str, Template], templates_failed: set[str],
-                       group: Optional[str], mid: Optional[str] = None) -> Optional[Model]:
-        acc = spec.account_id or account
-        mid = mid or spec.id or entity_id(acc, "model", name)
+                       group: Optional[str]) -> Optional[Model]:
         base = ("models", name)
         if isinstance(spec, ModelV5):
             return self._resolve_v5(name, spec, acc, mid, group)
@@ -324,13 +320,11 @@ class _Builder:
         )
 
     def _memberships(self, groups: Mapping[str, tuple[str, str, ModelGroup]],
-                     models: Mapping[str, Union[ModelV4, ModelV5]], account: str,
-                     ids: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+                     models: Mapping[str, Union[ModelV4, ModelV5]],
+                     identities: Mapping[str, tuple[str, str]]) -> dict[str, str]:
         """Model name → group name, from both directions; conflicts are errors."""
         by_id = {gid: n for n, (gid, _a, _s) in groups.items()}
-        if ids is None:
-            ids = {n: s.id or entity_id(s.account_id or account, "model", n) for n, s in models.items()}
-        model_ids = {mid: n for n, mid in ids.items()}
+        model_ids = {mid: n for n, (mid, _acc) in identities.items()}
         failed_models = set(self._failed["models"])
         failed_groups = set(self._failed["modelGroups"])
         out: dict[str, str] = {}
@@ -341,7 +335,7 @@ class _Builder:
                 self.error(path, f"model '{model}' is already in group '{out[model]}' ({where[model]}); "
                                  "a model belongs to at most one group")
                 return
-            if groups[group][1] != (models[model].account_id or account):
+            if groups[group][1] != identities[model][1]:
                 self.error(path, f"model '{model}' and group '{group}' belong to different accounts")
             out[model] = group
             where.setdefault(model, path)
@@ -381,6 +375,12 @@ class _Builder:
                 self.error(config_path("models", name),
                            f"maps to Kubernetes object name '{model.object_name}', "
                            f"the same as {config_path('models', other)}; rename one")
+
+
+def _identity(spec: Any, account: str, kind: EntityKind, name: str) -> tuple[str, str]:
+    """An entry's ``(id, account)``: its own, else the stack's account and the derived id."""
+    acc = spec.account_id or account
+    return spec.id or entity_id(acc, kind, name), acc
 
 
 def _by_name_or_id(entries: Mapping[str, Any], ref: str) -> Any:

@@ -9,7 +9,7 @@ anything is deployed; :class:`CatalogInvalid` carries the whole list.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
 NAMESPACE = "sgp-infra"
 
@@ -60,8 +60,3 @@ def config_path(*parts: str | int) -> str:
 
 def _plain(key: str) -> bool:
     return bool(key) and all(c.isalnum() or c in "-_" for c in key)
-
-
-def path_from_loc(prefix: Sequence[str | int], loc: Sequence[str | int]) -> str:
-    """Config path for a pydantic error location below ``prefix``."""
-    return config_path(*prefix, *loc)
