@@ -38,6 +38,15 @@ def load_catalog(args: argparse.Namespace) -> Catalog:
     """Load and validate; on failure print why to stderr and raise CatalogLoadFailed."""
     try:
         path = config_file_of(args)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise CatalogLoadFailed(EXIT_USAGE) from None
+    return load_path(path)
+
+
+def load_path(path: Path) -> Catalog:
+    """Load and validate one stack file; on failure print why and raise CatalogLoadFailed."""
+    try:
         return load_file(path)
     except SourceError as exc:
         print(f"error: {exc}", file=sys.stderr)

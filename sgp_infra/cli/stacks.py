@@ -7,9 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..catalog import CatalogInvalid, SourceError, load_file
 from ..catalog.sources import project_root
-from .common import EXIT_INVALID, EXIT_USAGE
+from .common import EXIT_USAGE, CatalogLoadFailed, load_path
 
 HELP = "list the project's stacks (stacks/Pulumi.<name>.yaml); --auto-deploy: only those with sgp-infra:autoDeploy true"
 
@@ -44,19 +43,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     names = stack_names(directory)
     if args.auto_deploy:
-        chosen = []
-        for name in names:
-            path = directory / f"Pulumi.{name}.yaml"
-            try:
-                catalog = load_file(path)
-            except SourceError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-            except CatalogInvalid as exc:
-                print(f"{path}: {exc.render()}", file=sys.stderr)
-                return EXIT_INVALID
-            if catalog.settings.auto_deploy:
-                chosen.append(name)
-        names = chosen
+        try:
+            names = [name for name in names if load_path(directory / f"Pulumi.{name}.yaml").settings.auto_deploy]
+        except CatalogLoadFailed as exc:
+            return exc.code
     print(json.dumps(names) if args.format == "json" else "\n".join(names))
     return 0
