@@ -32,7 +32,7 @@ if render_dir:
 
 models = ModelCatalog("sgp-infra", {"catalog": catalog, "plan": plan}, opts=opts)
 # The API serves this catalogue; its keys come from the secret sgp-infra:apiKeys.
-namespace = next((r for key, r in models.shared.items() if key.startswith("namespace-")), None)
+namespace = models.namespace_resource
 api = CatalogApi("sgp-infra-api", {"catalog": catalog, **({"namespace": namespace} if namespace else {})},
                  opts=opts)
 

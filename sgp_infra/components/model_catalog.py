@@ -58,6 +58,8 @@ class ModelCatalog(pulumi.ComponentResource):
             self.shared[shared_suffix(manifest)] = resource
             if manifest["kind"] == "Namespace":
                 namespace = resource
+        #: The Namespace resource, for other components created in it (e.g. ``CatalogApi``).
+        self.namespace_resource = namespace
         self.namespace = (namespace.urn.apply(lambda _, ns=plan.namespace: ns) if namespace is not None
                           else pulumi.Output.from_input(plan.namespace))
         self.endpoints = {}
