@@ -22,7 +22,6 @@ from pydantic import BaseModel, ValidationError
 
 from .entities import (
     MIG_GPU_TYPES,
-    CreateModelEndpointConfig,
     ModelGroup,
     ModelInfra,
     ModelTemplate,
@@ -168,7 +167,7 @@ class _Builder:
     # -- pass 2: per-entry rules --------------------------------------------
 
     def _check_resources(self, path: tuple[Union[str, int], ...],
-                         res: Union[CreateModelEndpointConfig, ModelInfra, RequiredResources]) -> None:
+                         res: Union[ModelInfra, RequiredResources]) -> None:
         if res.gpus > 0 and not res.gpu_type:
             self.error(config_path(*path, "gpu_type"), f"is required when gpus is {res.gpus}")
         if res.gpu_type and res.gpus == 0:

@@ -98,25 +98,20 @@ class ModelBundleConfiguration(_Strict):
     streaming_predict_route: str = "/generate_streaming"
 
 
-class CreateModelEndpointConfig(_Strict):
-    cpus: Cpus = 3
-    memory: Quantity = "8Gi"
-    storage: Quantity = "16Gi"
-    gpus: int = Field(default=0, ge=0)
-    gpu_type: Optional[GpuType] = None
-    min_workers: int = Field(default=0, ge=0)
-    max_workers: int = Field(default=1, ge=0)
-    per_worker: int = Field(default=10, ge=1)
-    endpoint_type: EndpointType = "ASYNC"
-    high_priority: bool = False
-
-
 class RequiredResources(_Strict):
     cpus: Cpus = 3
     memory: Quantity = "8Gi"
     storage: Quantity = "16Gi"
     gpus: int = Field(default=0, ge=0)
     gpu_type: Optional[GpuType] = None
+
+
+class CreateModelEndpointConfig(RequiredResources):
+    min_workers: int = Field(default=0, ge=0)
+    max_workers: int = Field(default=1, ge=0)
+    per_worker: int = Field(default=10, ge=1)
+    endpoint_type: EndpointType = "ASYNC"
+    high_priority: bool = False
 
 
 class FineTuningBundleConfiguration(_Strict):
