@@ -184,24 +184,23 @@ def _v5_model(request: Request, who: Caller, body: dict[str, Any]) -> tuple[Mode
     return visible_model(request, who, name if sep else ref).model, ref
 
 
-@router.post("/v5/chat/completions", summary="Create a chat completion", tags=["v5 inference"])
-async def v5_chat(request: Request, who: Caller = Depends(caller)) -> Response:
+async def _v5_typed(request: Request, who: Caller, parse: Callable[[dict[str, Any], str], Call]) -> Response:
     body = await read_body(request)
     model, label = _v5_model(request, who, body)
     created = int(time.time())
-    return await _typed(request, model, parse_v5_chat(body, label),
+    return await _typed(request, model, parse(body, label),
                         lambda c, k, r: render_v5(c, k, r, created),
                         lambda c, k, d: render_v5_chunk(c, k, d, created))
+
+
+@router.post("/v5/chat/completions", summary="Create a chat completion", tags=["v5 inference"])
+async def v5_chat(request: Request, who: Caller = Depends(caller)) -> Response:
+    return await _v5_typed(request, who, parse_v5_chat)
 
 
 @router.post("/v5/completions", summary="Create a completion", tags=["v5 inference"])
 async def v5_completion(request: Request, who: Caller = Depends(caller)) -> Response:
-    body = await read_body(request)
-    model, label = _v5_model(request, who, body)
-    created = int(time.time())
-    return await _typed(request, model, parse_v5_completion(body, label),
-                        lambda c, k, r: render_v5(c, k, r, created),
-                        lambda c, k, d: render_v5_chunk(c, k, d, created))
+    return await _v5_typed(request, who, parse_v5_completion)
 
 
 # --- raw operations (execute, /v5/inference) ---------------------------------------------
@@ -307,24 +306,16 @@ async def chat_models(request: Request, who: Caller = Depends(caller),
                       model_vendor: Optional[str] = Query(None), sort_by: Optional[str] = Query(None),
                       sort_order: Literal["asc", "desc"] = Query("asc")) -> Response:
     status = status_of(request)
-    items = []
-    for entry in index_of(request).models:
-        m = entry.model
-        if not who.can_see(m.account_id) or m.model_type.upper() not in _CHAT_TYPES:
-            continue
-        items.append({"id": m.id, "model_name": m.name, "model_type": "chat_completion" if m.model_type.upper()
-                      == "CHAT_COMPLETION" else "completion", "model_vendor": "launch",
-                      "model_availability": _AVAILABILITY.get(status.get(m.object_name).status, "unknown")})
-    if model_vendor is not None and model_vendor != "launch":
-        items = []
+    entries = index_of(request).models_of(who.accounts) if model_vendor in (None, "launch") else []
+    items = [{"id": m.id, "model_name": m.name, "model_type": m.model_type.lower(), "model_vendor": "launch",
+              "model_availability": _AVAILABILITY.get(status.get(m.object_name).status, "unknown")}
+             for m in (e.model for e in entries) if m.model_type.upper() in _CHAT_TYPES]
     field = sort_by or "model_name"
     if items and field not in items[0]:
         raise ApiError(422, f"invalid sort_by {field!r}: use model_name, model_type, model_vendor or "
                             "model_availability")
     items = sort_items(items, [(field, sort_order == "desc"), ("model_name", False)])
-    page = page_v5(items, limit, starting_after, ending_before)
-    page["object"] = "list"
-    return json_response(page)
+    return json_response(page_v5(items, limit, starting_after, ending_before))
 
 
 FAST_ROUTES.update({"/v5/chat/completions", "/v5/completions", "/v5/inference",
