@@ -215,3 +215,23 @@ def test_405_on_writes_names_the_config(base_url: str) -> None:
         client.models.delete(other.id)
     assert caught.value.body["config_path"] == "sgp-infra:models.NAME"
     assert httpx.delete(f"{base_url}/v4/models/{other.id}").status_code == 401
+
+
+def test_405_deployment_writes_and_placeholders(base_url: str) -> None:
+    echo = CATALOG.models["echo"]
+    headers = {"x-api-key": ACME_KEY}
+    deployment = f"{base_url}/v4/models/{echo.id}/deployments/d"
+    scaled = httpx.patch(deployment, headers=headers, json={"vendor_configuration": {"max_workers": 3}}).json()
+    assert scaled["commands"] == ["pulumi config set --stack dev --path sgp-infra:models.echo.max_workers 3"]
+    bare = httpx.patch(deployment, headers=headers, json={}).json()
+    assert bare["commands"] == ["pulumi config set --stack dev --path sgp-infra:models.echo.min_workers <n>"]
+    deleted = httpx.delete(deployment, headers=headers).json()
+    assert deleted["commands"] == ["pulumi config rm --stack dev --path sgp-infra:models.echo"]
+    # a value that looks like a placeholder is still quoted; an oversized body is ignored, not buffered
+    tagged = httpx.patch(f"{base_url}/v4/models/{echo.id}", headers=headers, json={"description": "<b>x"}).json()
+    assert tagged["commands"] == ["pulumi config set --stack dev --path sgp-infra:models.echo.description '<b>x'"]
+    big = httpx.patch(f"{base_url}/v4/models/{echo.id}", headers=headers,
+                      json={"description": "x" * (128 * 1024)})
+    assert big.status_code == 405
+    assert big.json()["commands"] == [
+        """pulumi config set --stack dev --path 'sgp-infra:models.echo["<field>"]' <value>"""]

@@ -33,14 +33,29 @@ def _stack_flag(request: Request) -> str:
     return f" --stack {shlex.quote(stack)}" if stack else ""
 
 
+def _config_set(request: Request, path: str, value: str, *, placeholder: bool = False) -> str:
+    """``pulumi config set --path``; ``value`` is shell-quoted unless it is a ``<placeholder>``."""
+    shown = value if placeholder else shlex.quote(value)
+    return f"pulumi config set{_stack_flag(request)} --path {shlex.quote(path)} {shown}"
+
+
+def _config_rm(request: Request, path: str) -> str:
+    return f"pulumi config rm{_stack_flag(request)} --path {shlex.quote(path)}"
+
+
 def _config_file(request: Request) -> str:
     stack = getattr(request.app.state, "stack", None)
     return f"stacks/Pulumi.{stack}.yaml" if stack else "stacks/Pulumi.<stack>.yaml"
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw or len(raw) > _MAX_BODY:
+    """The JSON object sent, or ``{}``; reading stops past ``_MAX_BODY`` (never buffered whole)."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > _MAX_BODY:
+            return {}
+    if not raw:
         return {}
     try:
         value = orjson.loads(raw)
@@ -57,7 +72,10 @@ def _scalar(value: Any) -> Optional[str]:
     return None
 
 
-def _set_commands(request: Request, key: str, name: str, fields: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _set_commands(request: Request, key: str, name: str, fields: dict[str, Any],
+                  example: tuple[str, str] = ("<field>", "<value>")) -> tuple[list[str], list[str]]:
+    """One ``config set`` per scalar field (else one ``example`` field/value command),
+    and the fields too nested for ``config set``."""
     commands, nested = [], []
     for field, value in fields.items():
         if field in ("id", "name", "account_id", "created_at", "created_by_user_id") or value is None:
@@ -66,18 +84,19 @@ def _set_commands(request: Request, key: str, name: str, fields: dict[str, Any])
         if text is None:
             nested.append(field)
             continue
-        path = config_path(key, name, field)
-        commands.append(f"pulumi config set{_stack_flag(request)} --path {shlex.quote(path)} {shlex.quote(text)}")
+        commands.append(_config_set(request, config_path(key, name, field), text))
+    if not commands:
+        commands = [_config_set(request, config_path(key, name, example[0]), example[1], placeholder=True)]
     return commands, nested
 
 
 def _refuse(request: Request, what: str, path: str, commands: list[str], nested: list[str] = ()) -> ApiError:
+    config_file = _config_file(request)
     detail = (f"{what} is not done through the API: the catalogue is the stack config "
-              f"({_config_file(request)}). Edit {path}, then run `pulumi up`.")
+              f"({config_file}). Edit {path}, then run `pulumi up`.")
     if nested:
         detail += f" Write {', '.join(nested)} in the YAML file directly."
-    return ApiError(405, detail, config_path=path, config_file=_config_file(request), commands=commands,
-                    allow="GET")
+    return ApiError(405, detail, config_path=path, config_file=config_file, commands=commands, allow="GET")
 
 
 def _name_of(request: Request, who: Caller, kind: str, ref: str) -> str:
@@ -95,9 +114,6 @@ def _create(kind: str, noun: str) -> Callable[..., Any]:
         body = await _body(request)
         name = body.get("name") if isinstance(body.get("name"), str) and body.get("name") else _PLACEHOLDER
         commands, nested = _set_commands(request, kind, name, body)
-        if not commands:
-            commands = [f"pulumi config set{_stack_flag(request)} --path "
-                        f"{shlex.quote(config_path(kind, name, '<field>'))} <value>"]
         raise _refuse(request, f"Creating a {noun}", config_path(kind, name), commands, nested)
     create.__name__ = f"create_{kind}"
     return create
@@ -107,9 +123,6 @@ def _update(kind: str, noun: str, param: str) -> Callable[..., Any]:
     async def update(request: Request, who: Caller = Depends(caller), **_: str) -> None:
         name = _name_of(request, who, kind, request.path_params[param])
         commands, nested = _set_commands(request, kind, name, await _body(request))
-        if not commands:
-            commands = [f"pulumi config set{_stack_flag(request)} --path "
-                        f"{shlex.quote(config_path(kind, name, '<field>'))} <value>"]
         raise _refuse(request, f"Updating a {noun}", config_path(kind, name), commands, nested)
     update.__name__ = f"update_{kind}"
     return update
@@ -119,8 +132,7 @@ def _delete(kind: str, noun: str, param: str) -> Callable[..., Any]:
     async def delete(request: Request, who: Caller = Depends(caller), **_: str) -> None:
         name = _name_of(request, who, kind, request.path_params[param])
         path = config_path(kind, name)
-        raise _refuse(request, f"Deleting a {noun}", path,
-                      [f"pulumi config rm{_stack_flag(request)} --path {shlex.quote(path)}"])
+        raise _refuse(request, f"Deleting a {noun}", path, [_config_rm(request, path)])
     delete.__name__ = f"delete_{kind}"
     return delete
 
@@ -164,8 +176,7 @@ async def add_group_member(request: Request, model_group_id: str, model_instance
     model = _name_of(request, who, "models", model_instance_id)
     group = _name_of(request, who, "modelGroups", model_group_id)
     path = config_path("models", model, "model_group_id")
-    raise _refuse(request, "Adding a model to a group", path,
-                  [f"pulumi config set{_stack_flag(request)} --path {shlex.quote(path)} {shlex.quote(group)}"])
+    raise _refuse(request, "Adding a model to a group", path, [_config_set(request, path, group)])
 
 
 @router.delete("/v4/model-groups/{model_group_id}/models/{model_instance_id}", status_code=405,
@@ -174,9 +185,7 @@ async def remove_group_member(request: Request, model_group_id: str, model_insta
                               who: Caller = Depends(caller)) -> None:
     model = _name_of(request, who, "models", model_instance_id)
     path = config_path("models", model, "model_group_id")
-    raise _refuse(request, "Removing a model from a group", path,
-                  [f"pulumi config rm{_stack_flag(request)} --path {shlex.quote(path)}"],
-                  )
+    raise _refuse(request, "Removing a model from a group", path, [_config_rm(request, path)])
 
 
 @router.post("/v4/models/{model_instance_id}/deployments", status_code=405,
@@ -187,33 +196,26 @@ async def create_deployment(request: Request, model_instance_id: str, who: Calle
                   [f"pulumi up{_stack_flag(request)}"])
 
 
-async def _change_deployment(request: Request, model_instance_id: str, who: Caller, verb: str) -> None:
-    model = _name_of(request, who, "models", model_instance_id)
-    if verb == "Deleting":
-        path = config_path("models", model)
-        commands = [f"pulumi config rm{_stack_flag(request)} --path {shlex.quote(path)}"]
-        raise _refuse(request, f"{verb} a deployment", path, commands)
-    body = await _body(request)
-    scaling = {k: v for k, v in body.items() if k in ("min_workers", "max_workers", "per_worker")}
-    vc = body.get("vendor_configuration")
-    if isinstance(vc, dict):
-        scaling.update({k: v for k, v in vc.items() if k in ("min_workers", "max_workers", "per_worker")})
-    commands, _ = _set_commands(request, "models", model, scaling)
-    if not commands:
-        commands = [f"pulumi config set{_stack_flag(request)} --path "
-                    f"{shlex.quote(config_path('models', model, 'min_workers'))} <n>"]
-    raise _refuse(request, f"{verb} a deployment", config_path("models", model), commands)
+_SCALING = ("min_workers", "max_workers", "per_worker")
 
 
 @router.patch("/v4/models/{model_instance_id}/deployments/{deployment_id}", status_code=405,
               summary="Update a deployment (405: edit stack config)")
 async def update_deployment(request: Request, model_instance_id: str, deployment_id: str,
                             who: Caller = Depends(caller)) -> None:
-    await _change_deployment(request, model_instance_id, who, "Updating")
+    model = _name_of(request, who, "models", model_instance_id)
+    body = await _body(request)
+    scaling = {k: v for k, v in body.items() if k in _SCALING}
+    vc = body.get("vendor_configuration")
+    if isinstance(vc, dict):
+        scaling.update({k: v for k, v in vc.items() if k in _SCALING})
+    commands, _ = _set_commands(request, "models", model, scaling, example=("min_workers", "<n>"))
+    raise _refuse(request, "Updating a deployment", config_path("models", model), commands)
 
 
 @router.delete("/v4/models/{model_instance_id}/deployments/{deployment_id}", status_code=405,
                summary="Delete a deployment (405: edit stack config)")
 async def delete_deployment(request: Request, model_instance_id: str, deployment_id: str,
                             who: Caller = Depends(caller)) -> None:
-    await _change_deployment(request, model_instance_id, who, "Deleting")
+    path = config_path("models", _name_of(request, who, "models", model_instance_id))
+    raise _refuse(request, "Deleting a deployment", path, [_config_rm(request, path)])
