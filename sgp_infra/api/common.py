@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import orjson
 from fastapi import Request
 from starlette.responses import Response
 
+from ..catalog import Model
 from .auth import Caller
 from .errors import ApiError
 from .status import ModelStatus, StatusSource
@@ -16,6 +17,15 @@ from .views import V4_STATUS, CatalogIndex, ModelEntry, live_created_at
 
 def json_response(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def model_base_url(model: Model, backends: Mapping[str, str], namespace: str) -> str:
+    """Where a model answers: its ``serve --backend`` override (by name or object
+    name), else its in-cluster Service; no trailing slash."""
+    url = backends.get(model.name) or backends.get(model.object_name)
+    if url is None:
+        url = f"http://{model.object_name}.{namespace}.svc.cluster.local"
+    return url.rstrip("/")
 
 
 def index_of(request: Request) -> CatalogIndex:

@@ -99,6 +99,7 @@ def resolve_keys(catalog: Catalog, host: str) -> Optional[dict[str, frozenset[st
 
 
 def build_status(kind: str, catalog: Catalog, namespace: Optional[str], backends: dict[str, str]):  # type: ignore[no-untyped-def]
+    from ..api.common import model_base_url
     from ..api.status import ProbeStatus, StaticStatus
 
     if kind == "auto":
@@ -110,11 +111,8 @@ def build_status(kind: str, catalog: Catalog, namespace: Optional[str], backends
 
         return KubeStatus(namespace or catalog.settings.namespace)
     ns = catalog.settings.namespace
-    targets = {}
-    for m in catalog.models.values():
-        base = backends.get(m.name) or backends.get(m.object_name) or f"http://{m.object_name}.{ns}.svc.cluster.local"
-        targets[m.object_name] = base.rstrip("/") + m.healthcheck_route
-    return ProbeStatus(targets)
+    return ProbeStatus({m.object_name: model_base_url(m, backends, ns) + m.healthcheck_route
+                        for m in catalog.models.values()})
 
 
 def tune_gc() -> None:

@@ -17,6 +17,7 @@ import orjson
 from starlette.requests import Request
 
 from ...catalog import Model
+from ..common import model_base_url
 from ..status import StatusSource
 from .metrics import InferenceMetrics
 from .protocols import BadBackendBody
@@ -65,6 +66,7 @@ class Gateway:
         self.forwarder = Forwarder(settings, metrics)
         self.waker = Waker(settings.wake_poll_interval, settings.ready_fresh_for)
         self.in_flight: dict[str, int] = {}
+        self._base_urls: dict[str, str] = {}
 
     async def aclose(self) -> None:
         await self.waker.close()
@@ -73,11 +75,11 @@ class Gateway:
     # --- addressing ---------------------------------------------------------
 
     def base_url(self, model: Model) -> str:
-        """``serve --backend`` override, else the model's in-cluster Service."""
-        url = self.backends.get(model.name) or self.backends.get(model.object_name)
+        """``serve --backend`` override, else the model's in-cluster Service (memoised per model)."""
+        url = self._base_urls.get(model.name)
         if url is None:
-            url = f"http://{model.object_name}.{self.namespace}.svc.cluster.local"
-        return url.rstrip("/")
+            url = self._base_urls[model.name] = model_base_url(model, self.backends, self.namespace)
+        return url
 
     def timeouts(self, model: Model, read: Optional[float] = None) -> Timeouts:
         t = self.settings.timeouts(model)
