@@ -58,6 +58,7 @@ def kubectl_json(api: Any, obj: Any) -> dict[str, Any]:
 
 class KubeStatus(CachedStatus):
     initial_reason = "reading model Deployments from the cluster"
+    missing_reason = "no Deployment in the cluster yet (pulumi up has not created it)"
 
     def __init__(self, namespace: str, *, interval: float = 10.0, configuration: Any = None):
         """``configuration`` (a ``kubernetes_asyncio.client.Configuration``) is
@@ -67,11 +68,6 @@ class KubeStatus(CachedStatus):
         self.namespace = namespace
         self.configuration = configuration
         self._api_client: Any = None
-
-    def get(self, object_name: str) -> ModelStatus:
-        if self._degraded is None and object_name not in self._cache:
-            return ModelStatus("deploying", "no Deployment in the cluster yet (pulumi up has not created it)")
-        return super().get(object_name)
 
     async def _client(self) -> Any:
         if self._api_client is None:

@@ -87,20 +87,28 @@ class CachedStatus:
 
     #: Status of a model before the first refresh finished.
     initial_reason = "status not read yet"
+    #: Status of a model the last refresh did not report.
+    missing_reason = "no status for this model yet"
 
     def __init__(self, interval: float = 10.0):
         self.interval = interval
         self._cache: dict[str, ModelStatus] = {}
+        self._missing = ModelStatus("deploying", self.missing_reason)
         self._degraded: Optional[str] = self.initial_reason
+        self._degraded_status = ModelStatus("deploying", self.initial_reason)
         self._catalog_created_at: Optional[str] = None
         self._task: Optional[asyncio.Task[None]] = None
         #: Bumped when a refresh changes any answer; response caches key on it.
         self.version = 0
 
+    def _degrade(self, reason: str) -> None:
+        # One status object per reason: answers (and the v5 bytes cached on them) are reused.
+        self._degraded, self._degraded_status = reason, ModelStatus("deploying", reason)
+
     def get(self, object_name: str) -> ModelStatus:
         if self._degraded is not None:
-            return ModelStatus("deploying", self._degraded)
-        return self._cache.get(object_name) or ModelStatus("deploying", "no status for this model yet")
+            return self._degraded_status
+        return self._cache.get(object_name) or self._missing
 
     def catalog_created_at(self) -> Optional[str]:
         return self._catalog_created_at
@@ -119,7 +127,7 @@ class CachedStatus:
             reason = f"status unavailable: {type(exc).__name__}: {_short(exc)}"
             if reason != self._degraded:
                 log.warning("status source failed", extra={"reason": reason})
-                self._degraded = reason
+                self._degrade(reason)
                 self.version += 1
 
     async def _loop(self) -> None:
