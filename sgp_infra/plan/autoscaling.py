@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from ..catalog import ConfigError, Model, StackSettings, config_path
 from .constants import IN_FLIGHT_METRIC
-from .labels import model_labels
+from .labels import model_metadata
 
 
 def owns_replicas(model: Model) -> bool:
@@ -62,7 +62,7 @@ def scaled_object(model: Model, settings: StackSettings) -> dict[str, Any]:
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
-        "metadata": {"name": model.object_name, "namespace": settings.namespace, "labels": model_labels(model)},
+        "metadata": model_metadata(model, settings.namespace),
         "spec": {
             "scaleTargetRef": _target(model),
             "minReplicaCount": model.min_workers,
@@ -89,7 +89,7 @@ def hpa(model: Model, settings: StackSettings) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": model.object_name, "namespace": settings.namespace, "labels": model_labels(model)},
+        "metadata": model_metadata(model, settings.namespace),
         "spec": {
             "scaleTargetRef": _target(model),
             "minReplicas": model.min_workers,

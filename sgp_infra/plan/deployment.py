@@ -15,7 +15,7 @@ from .constants import (
     TERMINATION_GRACE_SECONDS,
 )
 from .gpu import Placement
-from .labels import model_annotations, model_labels, selector_labels
+from .labels import model_labels, model_metadata, selector_labels
 
 CONTAINER_NAME = "model"
 PROBE_PERIOD_SECONDS = 10
@@ -150,7 +150,6 @@ def deployment(model: Model, placement: Placement, settings: StackSettings, auto
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": model.object_name, "namespace": settings.namespace, "labels": dict(labels),
-                     "annotations": dict(model_annotations(model))},
+        "metadata": model_metadata(model, settings.namespace, annotated=True),
         "spec": spec,
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..catalog import Model, StackSettings
-from .labels import model_labels, selector_labels
+from .labels import model_metadata, selector_labels
 
 
 def pdb(model: Model, settings: StackSettings) -> Optional[dict[str, Any]]:
@@ -15,6 +15,6 @@ def pdb(model: Model, settings: StackSettings) -> Optional[dict[str, Any]]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {"name": model.object_name, "namespace": settings.namespace, "labels": model_labels(model)},
+        "metadata": model_metadata(model, settings.namespace),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(model)}},
     }

@@ -81,6 +81,18 @@ def model_labels(model: Model) -> dict[str, str]:
     return labels
 
 
+def model_metadata(model: Model, namespace: str, *, annotated: bool = False) -> dict[str, object]:
+    """``metadata`` of each of a model's objects: all share its name and labels.
+
+    ``annotated`` adds the routing annotations the API reads (Deployment and
+    Service carry them).
+    """
+    meta: dict[str, object] = {"name": model.object_name, "namespace": namespace, "labels": model_labels(model)}
+    if annotated:
+        meta["annotations"] = dict(model_annotations(model))
+    return meta
+
+
 def label_safe(text: str) -> str:
     """``text`` cut to a valid label value (≤ 63 chars, alphanumeric ends)."""
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", text[:63])

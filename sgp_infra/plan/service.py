@@ -6,7 +6,7 @@ from typing import Any
 
 from ..catalog import Model, StackSettings
 from .constants import MODEL_PORT_NAME, SERVICE_PORT
-from .labels import model_annotations, model_labels, selector_labels
+from .labels import model_metadata, selector_labels
 
 
 def in_cluster_url(service_name: str, namespace: str) -> str:
@@ -23,8 +23,7 @@ def service(model: Model, settings: StackSettings) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": model.object_name, "namespace": settings.namespace, "labels": model_labels(model),
-                     "annotations": dict(model_annotations(model))},
+        "metadata": model_metadata(model, settings.namespace, annotated=True),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(model),
