@@ -42,16 +42,21 @@ def visible(items: Iterable[dict[str, Any]], caller: Caller, account_id: Optiona
     return [i for i in items if i["account_id"] in accounts]
 
 
-def visible_model(request: Request, caller: Caller, ref: str) -> ModelEntry:
-    """The model named ``ref`` (name, id or deployment id), or a 404 ApiError.
+def seen_or_404(item: Any, account_id: Optional[str], caller: Caller, noun: str, ref: str) -> Any:
+    """``item`` if it exists in an account the caller may see, else a 404 ApiError.
 
-    A model of an account the caller cannot see is reported exactly like one
-    that does not exist.
+    An entity of an account the caller cannot see is reported exactly like
+    one that does not exist, so a 404 never confirms another account's entity.
     """
+    if item is None or account_id is None or not caller.can_see(account_id):
+        raise ApiError(404, f"no {noun} '{ref}' in the accounts this API key may see")
+    return item
+
+
+def visible_model(request: Request, caller: Caller, ref: str) -> ModelEntry:
+    """The model named ``ref`` (name, id or deployment id), or a 404 ApiError."""
     entry = index_of(request).model(ref)
-    if entry is None or not caller.can_see(entry.model.account_id):
-        raise ApiError(404, f"no model '{ref}' in the accounts this API key may see")
-    return entry
+    return seen_or_404(entry, entry.model.account_id if entry else None, caller, "model", ref)
 
 
 def live_v4_model(entry: ModelEntry, st: ModelStatus) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from .auth import Caller, caller
-from .common import (index_of, json_response, live_deployment, live_v4_model, status_of, visible,
-                     visible_model)
+from .common import (index_of, json_response, live_deployment, live_v4_model, seen_or_404, status_of,
+                     visible, visible_model)
 from .errors import ApiError
 from .paging import DEFAULT_LIMIT, MAX_LIMIT, page_v4, parse_v4_sort, sort_items
 from .views import LOCAL_CREATED_AT
@@ -72,8 +72,7 @@ async def list_model_templates(request: Request, who: Caller = Depends(caller), 
 @router.get("/model-templates/{model_template_id}", summary="Get a model template")
 async def get_model_template(request: Request, model_template_id: str, who: Caller = Depends(caller)) -> Response:
     item = index_of(request).template(model_template_id)
-    if item is None or not who.can_see(item["account_id"]):
-        raise ApiError(404, f"no model template '{model_template_id}' in the accounts this API key may see")
+    seen_or_404(item, item and item["account_id"], who, "model template", model_template_id)
     return json_response(_live_template(request, item))
 
 
@@ -140,8 +139,7 @@ async def list_model_groups(request: Request, who: Caller = Depends(caller), acc
 @router.get("/model-groups/{model_group_id}", summary="Get a model group")
 async def get_model_group(request: Request, model_group_id: str, who: Caller = Depends(caller)) -> Response:
     item = index_of(request).group(model_group_id)
-    if item is None or not who.can_see(item["account_id"]):
-        raise ApiError(404, f"no model group '{model_group_id}' in the accounts this API key may see")
+    seen_or_404(item, item and item["account_id"], who, "model group", model_group_id)
     return json_response(_live_group(request, item))
 
 
