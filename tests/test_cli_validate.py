@@ -94,3 +94,16 @@ def test_validate_reports_problems_only_the_planner_sees(tmp_path: Path, capsys:
     assert main(["validate", "--config-file", str(write_stack(tmp_path, raw))]) == 1
     err = capsys.readouterr().err
     assert "sgp-infra:models.m5.vendor_configuration.model_infra.min_workers" in err
+
+
+def test_catalogue_commands_work_without_the_api_extra() -> None:
+    """`pip install sgp-infra` (no [api] extra) must still validate and render."""
+    blocked = ["fastapi", "httpx", "uvicorn", "aiohttp", "orjson", "prometheus_client", "kubernetes_asyncio",
+               "jsonschema", "starlette"]
+    code = ("import sys\n"
+            f"for m in {blocked!r}: sys.modules[m] = None\n"
+            "from sgp_infra.cli import main\n"
+            "sys.exit(main(['validate', '--stack', 'dev']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "catalogue valid" in proc.stdout

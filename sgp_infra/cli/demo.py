@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import httpx
-
 from ..catalog import Catalog, Model
 from . import render as render_cmd
 from .common import EXIT_USAGE, add_source_args, try_load
@@ -41,7 +39,6 @@ Everything stops at the end; --keep-serving leaves the API up until Ctrl-C so
 you can call it yourself (the dev API key is sgp-infra-dev-key).
 """
 
-DEV_KEY = "sgp-infra-dev-key"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +59,8 @@ def free_port() -> int:
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], seconds: float = 30.0) -> bool:
     """Poll ``url`` until it answers 200, the process dies, or time runs out."""
+    import httpx
+
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -88,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import scale_gp
         import scale_gp_beta
+
+        from ..api.auth import DEV_API_KEY
     except ImportError as exc:
         print(f"error: the demo calls the API with the official clients ({exc.name} is missing): "
               "pip install -e '.[dev]'", file=sys.stderr)
@@ -123,15 +124,15 @@ def run(args: argparse.Namespace) -> int:
         if not wait_ready(f"{base}/readyz", api):
             print(f"error: the API did not start:\n{_stderr(api)}", file=sys.stderr)
             return 1
-        print(f"API ready; dev key {DEV_KEY}")
+        print(f"API ready; dev key {DEV_API_KEY}")
 
         step("call it with the official clients")
-        v4 = scale_gp.SGPClient(api_key=DEV_KEY, base_url=base, max_retries=0)
-        v5 = scale_gp_beta.SGPClient(api_key=DEV_KEY, account_id=catalog.settings.account_id, base_url=base,
+        v4 = scale_gp.SGPClient(api_key=DEV_API_KEY, base_url=base, max_retries=0)
+        v5 = scale_gp_beta.SGPClient(api_key=DEV_API_KEY, account_id=catalog.settings.account_id, base_url=base,
                                      max_retries=0)
         exercise(catalog, v4, v5)
         if args.keep_serving:
-            print(f"\nserving on {base} (key {DEV_KEY}); Ctrl-C stops", flush=True)
+            print(f"\nserving on {base} (key {DEV_API_KEY}); Ctrl-C stops", flush=True)
             api.wait()
         return 0
     finally:
