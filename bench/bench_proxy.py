@@ -25,6 +25,20 @@ stricter and fair.  Without wrk the script falls back to the aiohttp client
 
 Everything still shares the machine's cores, so compare ratios, not absolute
 numbers.  All traffic is to 127.0.0.1 and every run is bounded in time.
+
+CPU per request: wall-clock throughput on a shared two-core machine moves by
+±30% with whatever else runs, but the CPU time a process spends per request
+hardly does.  So for each row the script reads the user + system CPU time of
+the process under test (and of its child processes: nginx's worker) from
+``/proc/<pid>/stat`` right before and right after the measured run, and
+divides by the requests completed: ``proxy CPU µs/req`` is the API process
+(or nginx; for ``direct`` it is the backend itself), ``backend CPU µs/req`` is
+the demo backend behind it.  That figure is what sizes API replicas: a core
+serves about ``1e6 / proxy-µs`` requests per second.  (Clock-tick resolution is
+10 ms, a fraction of a percent over a 5-second row.)
+
+``--paths`` runs only some of the paths (``direct`` is always included, as the
+baseline), for quicker iterations while working on one of them.
 """
 
 from __future__ import annotations
@@ -123,8 +137,64 @@ end
 """
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat_fields(pid: int) -> Optional[list[str]]:
+    """``/proc/<pid>/stat`` after the command name (which may hold spaces), or ``None``."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live child processes (nginx's worker).
+
+    Fields after the command name: state is index 0, ppid 1, utime 11, stime 12.
+    Threads are included: the kernel sums them into the process's own line.
+    """
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != pid:
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and fields[1] == str(pid):
+                pids.append(int(entry.name))
+    total = 0
+    for p in pids:
+        fields = _stat_fields(p)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+class CpuMeter:
+    """CPU seconds spent by the proxy under test and by the backend during one measured run."""
+
+    def __init__(self, proxy_pid: Optional[int], backend_pid: int):
+        self.proxy_pid = proxy_pid
+        self.backend_pid = backend_pid
+        self._start = (0.0, 0.0)
+
+    def _now(self) -> tuple[float, float]:
+        proxy = cpu_seconds(self.proxy_pid) if self.proxy_pid is not None else 0.0
+        return proxy, cpu_seconds(self.backend_pid)
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self, requests: int) -> dict[str, float]:
+        """µs of CPU per completed request: ``proxy_us`` (the backend itself for direct), ``backend_us``."""
+        proxy, backend = self._now()
+        n = max(requests, 1)
+        backend_us = (backend - self._start[1]) / n * 1e6
+        proxy_us = (proxy - self._start[0]) / n * 1e6 if self.proxy_pid is not None else backend_us
+        return {"proxy_us": proxy_us, "backend_us": backend_us}
+
+
 def drive_wrk(wrk: str, script: Path, url: str, headers: dict[str, str], concurrency: int,
-              seconds: float) -> dict[str, float]:
+              seconds: float, meter: CpuMeter) -> dict[str, float]:
     """One bounded wrk run (after a one-second warm-up on the same connections count)."""
     import json
 
@@ -132,15 +202,18 @@ def drive_wrk(wrk: str, script: Path, url: str, headers: dict[str, str], concurr
     for key, value in headers.items():
         base += ["-H", f"{key}: {value}"]
     subprocess.run([*base, "-d1s", url], check=True, capture_output=True, timeout=30)
+    meter.start()
     out = subprocess.run([*base, f"-d{seconds:g}s", url], check=True, capture_output=True, text=True,
                          timeout=seconds + 30).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("WRKJSON "))
     r = json.loads(line[len("WRKJSON "):])
     return {"rps": r["requests"] / (r["duration_us"] / 1e6), "p50": r["p50_us"] / 1000,
-            "p99": r["p99_us"] / 1000, "errors": r["status_errors"] + r["socket_errors"]}
+            "p99": r["p99_us"] / 1000, "errors": r["status_errors"] + r["socket_errors"],
+            **meter.stop(r["requests"])}
 
 
-async def drive(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> dict[str, float]:
+async def drive(url: str, headers: dict[str, str], concurrency: int, seconds: float,
+                meter: CpuMeter) -> dict[str, float]:
     """The fallback generator: aiohttp, in this process, for ``seconds``."""
     latencies: list[float] = []
     errors = 0
@@ -149,6 +222,7 @@ async def drive(url: str, headers: dict[str, str], concurrency: int, seconds: fl
         # warm-up: open the connections
         await asyncio.gather(*(session.post(url, data=b'{"prompt": "warm"}') for _ in range(concurrency)))
         stop = time.perf_counter() + seconds
+        meter.start()
 
         async def worker() -> None:
             nonlocal errors
@@ -164,9 +238,10 @@ async def drive(url: str, headers: dict[str, str], concurrency: int, seconds: fl
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        cpu = meter.stop(len(latencies))
     latencies.sort()
     return {"rps": len(latencies) / elapsed, "p50": statistics.median(latencies) * 1000,
-            "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000, "errors": errors}
+            "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000, "errors": errors, **cpu}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -174,7 +249,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per path and concurrency")
     parser.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto",
                         help="load generator (default: wrk if installed, else aiohttp)")
+    parser.add_argument("--paths", default="all",
+                        help="comma-separated subset of: api, api-quiet, nginx (direct always runs; default all)")
+    parser.add_argument("--concurrency", default="1,64", help="comma-separated concurrency levels (default 1,64)")
     args = parser.parse_args(argv)
+    wanted = {"api", "api-quiet", "nginx"} if args.paths == "all" else set(args.paths.split(","))
+    if not wanted <= {"api", "api-quiet", "nginx"}:
+        parser.error("--paths takes api, api-quiet and nginx")
+    levels = [int(c) for c in args.concurrency.split(",")]
     if not 0 < args.seconds <= 120:
         parser.error("--seconds must be in (0, 120]")
     wrk = shutil.which("wrk") if args.generator != "aiohttp" else None
@@ -200,32 +282,38 @@ def main(argv: Optional[list[str]] = None) -> int:
         wait_up(f"http://127.0.0.1:{api_port}/healthz", procs[1])
         wait_up(f"http://127.0.0.1:{api_quiet_port}/healthz", procs[2])
         completions = "/v4/models/echo/completions"
-        paths: dict[str, tuple[str, dict[str, str]]] = {
-            "direct": (f"http://127.0.0.1:{backend_port}/predict", {}),
-            "api proxy": (f"http://127.0.0.1:{api_port}{completions}", {"x-api-key": KEY}),
-            "api proxy, no access log": (f"http://127.0.0.1:{api_quiet_port}{completions}", {"x-api-key": KEY}),
-        }
+        backend_pid = procs[0].pid
+        paths: dict[str, tuple[str, dict[str, str], Optional[int]]] = {
+            "direct": (f"http://127.0.0.1:{backend_port}/predict", {}, None)}
+        if "api" in wanted:
+            paths["api proxy"] = (f"http://127.0.0.1:{api_port}{completions}", {"x-api-key": KEY}, procs[1].pid)
+        if "api-quiet" in wanted:
+            paths["api proxy, no access log"] = (f"http://127.0.0.1:{api_quiet_port}{completions}",
+                                                 {"x-api-key": KEY}, procs[2].pid)
         nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-        if nginx:
+        if nginx and "nginx" in wanted:
             conf = tmp / "nginx.conf"
             conf.write_text(NGINX_CONF.format(dir=tmp, backend=backend_port, port=nginx_port))
             procs.append(subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"], **quiet))
             wait_up(f"http://127.0.0.1:{nginx_port}/readyz", procs[-1])
-            paths["nginx"] = (f"http://127.0.0.1:{nginx_port}/predict", {})
-        else:
+            paths["nginx"] = (f"http://127.0.0.1:{nginx_port}/predict", {}, procs[-1].pid)
+        elif "nginx" in wanted:
             print("nginx not found (apt-get install -y nginx); skipping the nginx path", file=sys.stderr)
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT)
         results: dict[tuple[str, int], dict[str, Any]] = {}
-        for concurrency in (1, 64):
-            for name, (url, headers) in paths.items():
+        for concurrency in levels:
+            for name, (url, headers, pid) in paths.items():
+                meter = CpuMeter(pid, backend_pid)
                 if wrk:
-                    results[(name, concurrency)] = drive_wrk(wrk, script, url, headers, concurrency, args.seconds)
+                    results[(name, concurrency)] = drive_wrk(wrk, script, url, headers, concurrency, args.seconds,
+                                                             meter)
                 else:
-                    results[(name, concurrency)] = asyncio.run(drive(url, headers, concurrency, args.seconds))
+                    results[(name, concurrency)] = asyncio.run(drive(url, headers, concurrency, args.seconds,
+                                                                     meter))
         print(f"load generator: {'wrk' if wrk else 'aiohttp (in-process Python)'}, {args.seconds:g} s per row, "
               f"{os.cpu_count()} cores shared by everything")
-        print(report(results, list(paths)))
+        print(report(results, list(paths), levels))
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -237,16 +325,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def report(results: dict[tuple[str, int], dict[str, Any]], names: list[str]) -> str:
-    lines = ["| path | concurrency | req/s | p50 ms | p99 ms | throughput vs direct | added p50 ms | added p99 ms | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for concurrency in (1, 64):
+def report(results: dict[tuple[str, int], dict[str, Any]], names: list[str], levels: list[int]) -> str:
+    lines = ["| path | concurrency | req/s | p50 ms | p99 ms | throughput vs direct | added p50 ms | added p99 ms "
+             "| proxy CPU µs/req | backend CPU µs/req | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for concurrency in levels:
         direct = results[("direct", concurrency)]
         for name in names:
             r = results[(name, concurrency)]
             lines.append(f"| {name} | {concurrency} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
                          f"{r['rps'] / direct['rps']:.2f} | {r['p50'] - direct['p50']:+.2f} | "
-                         f"{r['p99'] - direct['p99']:+.2f} | {r['errors']} |")
+                         f"{r['p99'] - direct['p99']:+.2f} | {r['proxy_us']:.0f} | {r['backend_us']:.0f} | "
+                         f"{r['errors']} |")
     return "\n".join(lines)
 
 
