@@ -1,4 +1,4 @@
-"""Forwarding to model backends: one pooled HTTP client (aiohttp), retries, error mapping.
+"""Forwarding to model backends: one pooled HTTP/1.1 client (:mod:`.http1`), retries, error mapping.
 
 Everything a backend can do wrong ends here as an :class:`UpstreamError` with
 the status the API answers (502 broken backend, 503 unavailable, 504 too
@@ -23,11 +23,12 @@ import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
-import aiohttp
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .http1 import ClientError, Connection, ConnectError, ConnectTimeout, Headers, Pool, ReadTimeout
+from .http1 import reason as _reason
 from .metrics import InferenceMetrics
 from .settings import InferenceSettings, Timeouts
 
@@ -58,121 +59,159 @@ class Upstream:
     back to the pool).
     """
 
-    def __init__(self, label: str, response: aiohttp.ClientResponse, timeouts: Timeouts):
-        self.label = label
-        self.response = response
-        self.timeouts = timeouts
-        self.status = response.status
-        self.headers = response.headers
-        self._complete = False
+    __slots__ = ("label", "conn", "timeouts", "status", "headers", "_complete", "_closed")
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def __init__(self, label: str, conn: Connection, timeouts: Timeouts):
+        self.label = label
+        self.conn = conn
+        self.timeouts = timeouts
+        self.status: int = conn.status
+        self.headers: Headers = conn.headers
+        self._complete = False
+        self._closed = False
+
+    async def next_chunk(self) -> bytes:
+        """The body bytes that arrived since the last call (waiting for some); ``b""`` at the end."""
         try:
-            async for chunk in self.response.content.iter_any():
-                yield chunk
-            self._complete = True
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            data = await self.conn.read(self.timeouts.read)
+        except ReadTimeout:
             raise UpstreamError(504, "read_timeout", f"model '{self.label}' sent nothing for "
                                 f"{self.timeouts.read:g} s while answering") from None
-        except aiohttp.ClientError as exc:
+        except ClientError as exc:
             raise UpstreamError(502, "protocol", f"model '{self.label}' broke the connection while answering "
-                                f"({_reason(exc)})") from None
+                                f"({exc})") from None
+        if not data:
+            self._complete = True
+        return data
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            data = await self.next_chunk()
+            if not data:
+                return
+            yield data
 
     async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """:meth:`aclose` without the coroutine (it never waits)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._complete:
-            self.response.release()
+            self.conn.release()
         else:
-            self.response.close()
+            self.conn.abort()
 
 
 class Forwarder:
     """The shared connection pool and the request/retry loop.
 
-    aiohttp rather than httpx for the hot path: on the benchmark machine an
-    httpx ``AsyncClient`` at concurrency 64 capped the proxy near 140 requests
-    per second, while aiohttp's pool kept up with the backend (see
-    ``docs/inference.md``).  aiohttp is already installed with the ``api``
-    extra (kubernetes-asyncio depends on it).
+    The upstream client is :mod:`.http1`, a small HTTP/1.1 keep-alive client
+    on asyncio Protocols and ``httptools``.  History: httpx's ``AsyncClient``
+    capped the proxy near 140 requests per second at concurrency 64 on the
+    benchmark machine; aiohttp kept up, but its client was still about 30% of
+    the API's CPU per request.  The lean client does the same job for a
+    fraction of that (figures in ``docs/inference.md``, Benchmark).
     """
 
     def __init__(self, settings: InferenceSettings, metrics: InferenceMetrics):
         self.settings = settings
         self.metrics = metrics
-        self._session: Optional[aiohttp.ClientSession] = None
+        self._pool: Optional[Pool] = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
+    def pool(self) -> Pool:
         # Created on first use, inside the server's event loop.
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=30,
-                                             ttl_dns_cache=30)
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=False,
-                                                  timeout=aiohttp.ClientTimeout(total=None),
-                                                  skip_auto_headers=("User-Agent",))
-        return self._session
+        if self._pool is None or self._pool.closed:
+            self._pool = Pool(limit=1024, keepalive=30.0)
+        return self._pool
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
     def open_connections(self) -> int:
         """Connections the pool holds now, idle and in use."""
-        if self._session is None:
-            return 0
-        connector = self._session.connector
-        if connector is None:
-            return 0
-        idle = sum(len(v) for v in connector._conns.values())  # type: ignore[attr-defined]
-        return idle + len(connector._acquired)  # type: ignore[attr-defined]
+        return 0 if self._pool is None else self._pool.open_connections()
 
     async def probe(self, url: str, timeout: float = 2.0) -> bool:
         """``True`` if ``url`` answers 2xx (a healthcheck through the Service)."""
         try:
-            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-                return 200 <= response.status < 300
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return await asyncio.wait_for(self._get_ok(url, timeout), timeout)
+        except (ClientError, ValueError, asyncio.TimeoutError):
             return False
+
+    async def _get_ok(self, url: str, timeout: float) -> bool:
+        pool = self.pool
+        target = pool.target(url)
+        conn = await pool.acquire(target, timeout)
+        try:
+            conn.send(b"GET %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (target.path, target.host_header, _GET_HEADERS))
+            await conn.response(timeout)
+            size = 0
+            while size <= SNIPPET:  # drain a small body so the connection can be reused
+                data = await conn.read(timeout)
+                if not data:
+                    break
+                size += len(data)
+            return 200 <= conn.status < 300
+        finally:
+            conn.release()  # back to the pool if the body was read to its end, else dropped
 
     async def open(self, label: str, url: str, content: bytes, timeouts: Timeouts, *,
                    retries: Optional[int] = None) -> Upstream:
         """POST ``content`` and return the response once its headers arrived (2xx only)."""
         retries = self.settings.retries if retries is None else retries
-        timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_connect=timeouts.connect,
-                                        sock_read=timeouts.read)
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
-                response = await self.session.post(url, data=content, timeout=timeout, allow_redirects=False,
-                                                   headers=_HEADERS)
-            except aiohttp.ClientConnectorError as exc:
-                if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-                    raise UpstreamError(502, "protocol", f"model '{label}': TLS failure ({_reason(exc)})") from None
+                pool = self.pool
+                target = pool.target(url)
+                conn = await pool.acquire(target, timeouts.connect)
+            except ConnectError as exc:
+                if exc.tls:
+                    raise UpstreamError(502, "protocol", f"model '{label}': TLS failure ({exc})") from None
                 if attempt < retries:
                     attempt += 1
                     await asyncio.sleep(self._backoff(attempt))
                     continue
                 raise UpstreamError(503, "connect", f"model '{label}' is not accepting connections at {url} "
-                                    f"({_reason(exc)}) after {attempt + 1} attempts",
+                                    f"({exc}) after {attempt + 1} attempts",
                                     self.settings.retry_after) from None
-            except aiohttp.ConnectionTimeoutError:
+            except ConnectTimeout:
                 raise UpstreamError(504, "connect_timeout", f"model '{label}' did not accept a connection "
                                     f"within {timeouts.connect:g} s", self.settings.retry_after) from None
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            except (ClientError, ValueError) as exc:
+                raise UpstreamError(502, "protocol", f"model '{label}' broke the connection before answering "
+                                    f"({_reason(exc) if isinstance(exc, ValueError) else exc})") from None
+            try:
+                conn.send(b"POST %s HTTP/1.1\r\nhost: %s\r\n%scontent-length: %d\r\n\r\n%s"
+                          % (target.path, target.host_header, _POST_HEADERS, len(content), content))
+                await conn.response(timeouts.read)
+            except ReadTimeout:
+                conn.abort()
                 raise UpstreamError(504, "read_timeout", f"model '{label}' did not answer within "
                                     f"{timeouts.read:g} s") from None
-            except (aiohttp.ClientError, ValueError) as exc:
+            except ClientError as exc:
+                conn.abort()
                 raise UpstreamError(502, "protocol", f"model '{label}' broke the connection before answering "
-                                    f"({_reason(exc)})") from None
+                                    f"({exc})") from None
+            except BaseException:  # cancelled (the client left, shutdown): the connection is in an unknown state
+                conn.abort()
+                raise
             self.metrics.upstream_latency_of(label).observe(time.perf_counter() - started)
-            upstream = Upstream(label, response, timeouts)
-            if response.status == 503 and attempt < retries:
-                await upstream.aclose()
+            upstream = Upstream(label, conn, timeouts)
+            status = upstream.status
+            if status == 503 and attempt < retries:
+                upstream.close()
                 attempt += 1
                 await asyncio.sleep(self._backoff(attempt))
                 continue
-            if response.status >= 300:
+            if status >= 300:
                 raise await self._status_error(label, url, upstream)
             return upstream
 
@@ -184,7 +223,7 @@ class Forwarder:
         try:
             snippet = await _snippet(upstream)
         finally:
-            await upstream.aclose()
+            upstream.close()
         said = f": {snippet}" if snippet else ""
         retry_after = _retry_after(upstream)
         if status == 503:
@@ -206,18 +245,33 @@ class Forwarder:
             if length and length.isdigit() and int(length) > cap:
                 raise UpstreamError(502, "too_large", f"model '{upstream.label}' answered {length} bytes; "
                                     f"the limit is {cap}")
-            buf = bytearray()
-            async for chunk in upstream.chunks():
-                buf += chunk
+            data = await upstream.next_chunk()
+            if not data:
+                return b""
+            rest = await upstream.next_chunk()
+            if not rest:  # the usual case: the whole body had arrived with the headers
+                if len(data) > cap:
+                    raise _too_large(upstream.label, cap)
+                return data
+            buf = bytearray(data)
+            while rest:
+                buf += rest
                 if len(buf) > cap:
-                    raise UpstreamError(502, "too_large", f"model '{upstream.label}' answered more than "
-                                        f"{cap} bytes")
+                    raise _too_large(upstream.label, cap)
+                rest = await upstream.next_chunk()
             return bytes(buf)
         finally:
-            await upstream.aclose()
+            upstream.close()
 
 
-_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+def _too_large(label: str, cap: int) -> UpstreamError:
+    return UpstreamError(502, "too_large", f"model '{label}' answered more than {cap} bytes")
+
+
+#: Sent with every forwarded request.  ``identity``: the proxy decodes nothing it did not need to.
+_POST_HEADERS = b"content-type: application/json\r\naccept: application/json, text/event-stream\r\n" \
+    b"accept-encoding: identity\r\n"
+_GET_HEADERS = b"accept: */*\r\naccept-encoding: identity\r\n"
 
 
 def parse_json(label: str, data: bytes) -> Any:
@@ -252,11 +306,6 @@ async def _snippet(upstream: Upstream) -> str:
 def _retry_after(upstream: Upstream) -> Optional[int]:
     value = upstream.headers.get("retry-after", "")
     return int(value) if value.isdigit() else None
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class ProxyStream(Response):
