@@ -27,6 +27,7 @@ otherwise the EKS label's value (the SGP ``gpu_type`` verbatim) is used.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -340,7 +341,7 @@ def manifest_of(resource_type: str, props: Mapping[str, Any]) -> Optional[dict[s
                                                           if k not in ("apiVersion", "kind")}}
 
 
-CATALOG_CONFIGMAP, CATALOG_KEY = "sgp-infra-catalog", "catalog.yaml"
+CATALOG_CONFIGMAP, CATALOG_KEY = "sgp-infra-catalog", "catalog.json"
 
 
 def quota_from_catalog(manifests: Sequence[Mapping[str, Any]]) -> Optional[dict[str, Any]]:
@@ -351,9 +352,8 @@ def quota_from_catalog(manifests: Sequence[Mapping[str, Any]]) -> Optional[dict[
             if not isinstance(text, str):
                 return None
             try:
-                import yaml  # pulumi's own dependency
-                doc = yaml.safe_load(text) or {}
-            except Exception:  # an unreadable catalogue is the API's problem, not a quota
+                doc = json.loads(text) or {}
+            except ValueError:  # an unreadable catalogue is the API's problem, not a quota
                 return None
             quota = ((doc.get("config") or {}) if isinstance(doc, dict) else {}).get("sgp-infra:gpuQuota")
             return quota if isinstance(quota, dict) else None

@@ -63,7 +63,7 @@ def test_component_registers_the_planned_objects_and_a_secret(recorder: Recorder
         assert wrapped[pulumi.runtime.rpc._special_sig_key] == pulumi.runtime.rpc._special_secret_sig
         assert json.loads(wrapped["value"][API_KEYS_KEY]) == keys
         _, cm = recorder.registered["api-configmap"]
-        assert yaml.safe_load(cm["data"][CATALOG_KEY]) == CATALOG.stack_document()
+        assert json.loads(cm["data"][CATALOG_KEY]) == CATALOG.stack_document()
         assert "k-123" not in json.dumps([url, checksum])
 
     children = [c.urn for c in api.children.values()] + [api.secret.urn]  # type: ignore[union-attr]
@@ -103,7 +103,7 @@ def test_catalogue_change_rolls_the_pods() -> None:
 
 def test_published_catalogue_rebuilds_the_same_catalogue() -> None:
     from sgp_infra.catalog import raw_from_stack_doc
-    rebuilt = build_catalog(raw_from_stack_doc(yaml.safe_load(catalog_document(CATALOG))))
+    rebuilt = build_catalog(raw_from_stack_doc(json.loads(catalog_document(CATALOG))))
     assert {m.id for m in rebuilt.models.values()} == {m.id for m in CATALOG.models.values()}
 
 
