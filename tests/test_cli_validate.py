@@ -51,15 +51,30 @@ def test_invalid_stack_lists_every_problem_and_exits_1(tmp_path: Path, capsys: p
 @pytest.mark.parametrize(("content", "fragment"), [
     (None, "no such stack config file"),
     ("config: [1, 2", "not valid YAML"),
-    ("- a list", "YAML map"),
+    ("- a list", "a map with a 'config' key"),
+    ('{"config": [1, 2', "not valid JSON"),
+    ("[1]", "a map with a 'config' key"),
 ])
 def test_unreadable_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None,
                                  fragment: str) -> None:
-    path = tmp_path / "Pulumi.x.yaml"
+    # JSON-looking contents go to a .json file: the published catalogue's format.
+    path = tmp_path / ("catalog.json" if content and content[0] in "{[" else "Pulumi.x.yaml")
     if content is not None:
         path.write_text(content)
     assert main(["validate", "--config-file", str(path)]) == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_the_published_json_catalogue_validates_like_its_stack(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from sgp_infra.catalog import load_file
+    from sgp_infra.plan.api import CATALOG_KEY, catalog_document
+
+    source = ROOT / "stacks" / "Pulumi.dev.yaml"
+    published = tmp_path / CATALOG_KEY
+    published.write_text(catalog_document(load_file(source)), encoding="utf-8")
+    assert main(["validate", "--config-file", str(published)]) == 0
+    assert load_file(published).stack_document() == load_file(source).stack_document()
 
 
 def test_unknown_stack_name_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,3 +122,17 @@ def test_catalogue_commands_work_without_the_api_extra() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "catalogue valid" in proc.stdout
+
+
+def test_a_planned_catalogue_is_frozen_out_of_the_garbage_collectors_scans(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import gc
+
+    gc.unfreeze()
+    assert main(["validate", "--config-file", str(ROOT / "stacks" / "Pulumi.dev.yaml")]) == 0
+    # The catalogue and its manifests are in the permanent generation (conftest unfreezes after the test).
+    assert gc.get_freeze_count() > 0
+    gc.unfreeze()
+    assert main(["validate", "--config-file", str(ROOT / "stacks" / "nope.yaml")]) == 2
+    assert gc.get_freeze_count() == 0  # nothing to keep when nothing was planned
+    capsys.readouterr()
