@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 
 from sgp_infra.catalog import CatalogInvalid, load_pulumi
 from sgp_infra.components import CatalogApi, ModelCatalog
+from sgp_infra.heap import freeze_long_lived
 from sgp_infra.plan import plan_catalog
 
 try:
@@ -23,6 +24,9 @@ except CatalogInvalid as invalid:
     for problem in invalid.errors:
         pulumi.log.error(str(problem))
     raise pulumi.RunError(invalid.render()) from None
+# The modules, catalogue and plan live until the program ends: keep the garbage
+# collector from rescanning them while the SDK registers resources (sgp_infra/heap.py).
+freeze_long_lived()
 
 opts: Optional[pulumi.ResourceOptions] = None
 render_dir = pulumi.Config("kubernetes").get("renderYamlToDirectory")

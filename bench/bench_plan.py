@@ -31,10 +31,20 @@ v5, mixed GPUs):
    (planned before timing).  Before timing, the script checks that both write
    byte-identical files.
 
-Each run starts after ``gc.collect()``; library and bare runs alternate so
-background load hits both alike; each figure is the best of ``--repeat``
-runs (at least 15 for 10 models, 9 for 100 and 5 for render, whose runs
-are short and noisy).
+Each timed run is a fresh Python process, as ``pulumi up`` and ``render``
+are: the parent starts one child per run, alternating library and bare so
+background load hits both alike.  A child imports the same modules whichever
+side it runs (pulumi, pulumi_kubernetes, sgp_infra), prepares its side's
+inputs, collects garbage, and times exactly one run of its side.  Times are
+CPU seconds of the child (``time.process_time``), not wall time: this is a
+2-core shared VM, and CPU time leaves out the moments another process holds
+the core.  Each figure is the median over ``--repeat`` runs (at least 9 for
+10 models, 7 for 100, 5 for render), and the spread of the per-pair ratios
+is printed beside it.
+
+The library's program and ``render`` freeze the heap once the catalogue is
+planned (``sgp_infra/heap.py``); a third column, "library, no freeze", runs
+the same program with that call patched out, to show what it is worth.
 Ratios are library / bare; targets: ≤ 1.10× and ≤ 1.25×.
 """
 
@@ -48,6 +58,8 @@ import json
 import logging
 import runpy
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -147,13 +159,28 @@ def run_under_mocks(program: Callable[[], None], config: dict[str, str]) -> tupl
         return pulumi.Output.from_input(0)
 
     gc.collect()
-    start = time.perf_counter()
+    start = time.process_time()
     wrapped()
-    return time.perf_counter() - start, mocks
+    return time.process_time() - start, mocks
 
 
 def library_program() -> None:
     runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+
+def as_script(program: Callable[[], None]) -> Callable[[], None]:
+    """Run ``program`` through ``runpy`` like ``__main__.py``.
+
+    Pulumi records each resource's source position by walking the Python
+    stack, so the stack depth at registration is part of the cost: both sides
+    enter through ``runpy.run_path`` to keep the comparison to the programs.
+    """
+    entry = Path(tempfile.mkdtemp(prefix="sgp-bench-entry-")) / "bare_main.py"
+    entry.write_text("program()  # noqa: F821 - given by runpy's init_globals\n")
+
+    def run() -> None:
+        runpy.run_path(str(entry), init_globals={"program": program}, run_name="__main__")
+    return run
 
 
 # --- the bare program: the same tree, by hand ------------------------------------------------
@@ -332,21 +359,27 @@ def same_tree(a: Mocks, b: Mocks) -> bool:
     return key(a) == key(b)
 
 
-# --- measurements -----------------------------------------------------------------------------
+# --- one timed run per child process -------------------------------------------------------
 
-def interleaved(repeat: int, library: Callable[[], float], bare: Callable[[], float]) -> tuple[float, float]:
-    """Best of ``repeat`` runs each, alternating so background load hits both alike."""
-    lib_times, bare_times = [], []
-    for _ in range(repeat):
-        lib_times.append(library())
-        bare_times.append(bare())
-    return min(lib_times), min(bare_times)
+SIDES = ("library", "library-nofreeze", "bare")
 
 
-def bench_program(n: int, repeat: int) -> tuple[float, float]:
+def _no_freeze() -> None:
+    """Patch the program's and the CLI's heap freeze out (the "no freeze" column)."""
+    import sgp_infra.cli.common
+    import sgp_infra.heap
+    sgp_infra.heap.freeze_long_lived = lambda: None  # type: ignore[assignment]
+    sgp_infra.cli.common.freeze_long_lived = lambda: None  # type: ignore[assignment]
+
+
+def program_config(n: int) -> dict[str, str]:
+    """The synthetic catalogue as Pulumi passes config to a program (JSON strings)."""
+    return {f"sgp-infra:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in synthetic_config(n).items()}
+
+
+def bare_for(n: int) -> Callable[[], None]:
+    """The bare program for n models, its literals resolved (as a hand-written program hard-codes them)."""
     raw = synthetic_config(n)
-    config = {f"sgp-infra:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
-    rows = bare_rows(raw)
     catalog = build_catalog(raw)
     summary = {
         "summary": catalog.summary(), "templates": sorted(catalog.templates),
@@ -357,68 +390,108 @@ def bench_program(n: int, repeat: int) -> tuple[float, float]:
     api_objects = plan_api(catalog)
     checksum = next(m for m in api_objects if m["kind"] == "Deployment")[
         "spec"]["template"]["metadata"]["annotations"]["sgp-infra.io/catalog-checksum"]
-    bare = bare_program(rows, catalog.settings.namespace, catalog.settings.prometheus_url, summary,
+    bare = bare_program(bare_rows(raw), catalog.settings.namespace, catalog.settings.prometheus_url, summary,
                         api_objects, checksum)
+    return as_script(bare)
+
+
+def child_program(side: str, n: int) -> float:
+    config = program_config(n)  # both sides: the bare program reads no config, but Pulumi gets the same
+    if side == "bare":
+        return run_under_mocks(bare_for(n), config)[0]
+    if side == "library-nofreeze":
+        _no_freeze()
+    return run_under_mocks(library_program, config)[0]
+
+
+def child_render(side: str, stack: Path, out: Path) -> float:
+    if side == "bare":
+        catalog = load_file(stack)
+        manifests = plan_catalog(catalog).manifests + plan_api(catalog)  # planned before timing
+        del catalog
+        gc.collect()
+        start = time.process_time()
+        dump_files(manifests, out)
+        return time.process_time() - start
+    if side == "library-nofreeze":
+        _no_freeze()
+    gc.collect()
+    start = time.process_time()
+    with contextlib.redirect_stderr(io.StringIO()):
+        code = cli_main(["render", "--config-file", str(stack), "--out", str(out)])
+    elapsed = time.process_time() - start
+    if code != 0:
+        raise SystemExit(f"render exited {code}")
+    return elapsed
+
+
+def dump_files(manifests: list[dict[str, Any]], out: Path) -> None:
+    """The bare side of the render benchmark: libyaml's safe dumper, one file per object."""
+    out.mkdir()
+    for i, manifest in enumerate(manifests):
+        with open(out / file_name(i, manifest), "w", encoding="utf-8") as handle:
+            yaml.dump(manifest, handle, Dumper=yaml.CSafeDumper, sort_keys=False, default_flow_style=False)
+
+
+def spawn(*args: str) -> float:
+    """Run one child (``--child ...``) and return the CPU seconds it reports."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", *args],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark child {args} failed:\n{done.stderr[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+# --- the parent: checks, then alternating children --------------------------------------------
+
+def check_program(n: int) -> None:
+    """Both sides register the same resources (type, name, inputs) for n models."""
+    config = program_config(n)
     _, lib_mocks = run_under_mocks(library_program, config)
-    _, bare_mocks = run_under_mocks(bare, config)
+    _, bare_mocks = run_under_mocks(bare_for(n), config)
+    gc.unfreeze()
     if not same_tree(lib_mocks, bare_mocks):
         raise SystemExit(f"bare program does not register the same tree as __main__.py for n={n}")
-    return interleaved(repeat, lambda: run_under_mocks(library_program, config)[0],
-                       lambda: run_under_mocks(bare, config)[0])
 
 
 def files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in directory.iterdir()}
 
 
-def bench_render(n: int, repeat: int) -> tuple[float, float]:
-    work = Path(tempfile.mkdtemp(prefix="sgp-bench-"))
-    try:
-        raw = synthetic_config(n)
-        stack = work / "Pulumi.bench.yaml"
-        stack.write_text(yaml.safe_dump({"config": {f"sgp-infra:{k}": v for k, v in raw.items()}}))
-        catalog = load_file(stack)
-        manifests = plan_catalog(catalog).manifests + plan_api(catalog)  # what render writes
+def check_render(stack: Path, work: Path) -> None:
+    """``render`` and the bare dump write byte-identical files under the same names."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert cli_main(["render", "--config-file", str(stack), "--out", str(work / "check-render")]) == 0
+    gc.unfreeze()
+    catalog = load_file(stack)
+    dump_files(plan_catalog(catalog).manifests + plan_api(catalog), work / "check-dump")
+    if files(work / "check-render") != files(work / "check-dump"):
+        raise SystemExit("render and the bare dump wrote different files (names or contents)")
 
-        def render() -> float:
-            out = work / "render"
-            shutil.rmtree(out, ignore_errors=True)
-            gc.collect()
-            start = time.perf_counter()
-            with contextlib.redirect_stderr(io.StringIO()):
-                code = cli_main(["render", "--config-file", str(stack), "--out", str(out)])
-            elapsed = time.perf_counter() - start
-            assert code == 0
-            return elapsed
 
-        def dump() -> float:
-            out = work / "dump"
-            shutil.rmtree(out, ignore_errors=True)
-            gc.collect()
-            start = time.perf_counter()
-            out.mkdir()
-            for i, manifest in enumerate(manifests):
-                with open(out / file_name(i, manifest), "w", encoding="utf-8") as handle:
-                    yaml.dump(manifest, handle, Dumper=yaml.CSafeDumper, sort_keys=False, default_flow_style=False)
-            return time.perf_counter() - start
+def measure(repeat: int, run: Callable[[str], float]) -> dict[str, list[float]]:
+    """``repeat`` rounds of one child per side, sides in turn."""
+    times: dict[str, list[float]] = {side: [] for side in SIDES}
+    for _ in range(repeat):
+        for side in SIDES:
+            times[side].append(run(side))
+    return times
 
-        render()
-        dump()
-        if files(work / "render") != files(work / "dump"):
-            raise SystemExit("render and the bare dump wrote different files (names or contents)")
-        return interleaved(repeat, render, dump)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+def report(label: str, times: dict[str, list[float]]) -> None:
+    lib, nofreeze, bare = (statistics.median(times[s]) for s in SIDES)
+    pairs = [a / b for a, b in zip(times["library"], times["bare"])]
+    print(f"{label:<24}{lib:>10.3f}{nofreeze:>12.3f}{bare:>9.3f}{lib / bare:>8.2f}x"
+          f"{nofreeze / bare:>11.2f}x   {min(pairs):.2f}-{max(pairs):.2f}", flush=True)
 
 
 def runs_for(n: int, repeat: int) -> int:
-    """More runs for small programs: a 10-model run is ~0.3 s, most of it the
-    Pulumi SDK and the garbage collector, so one run's ratio swings by ±25%
-    with where a collection lands; the best of many is stable."""
+    """More runs for small programs: a 10-model run is ~0.2 s, most of it the
+    Pulumi SDK and the garbage collector, so single runs swing the most."""
     if n <= 10:
-        return max(repeat, 15)
-    if n <= 100:
         return max(repeat, 9)
+    if n <= 100:
+        return max(repeat, 7)
     return repeat
 
 
@@ -426,15 +499,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--render-size", type=int, default=1000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per side (more for small sizes)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(f"{'program under mocks':<28}{'library s':>11}{'bare s':>10}{'ratio':>8}")
+    if args.child:  # one timed run, printed for the parent
+        kind, side = args.child[0], args.child[1]
+        if kind == "program":
+            print(child_program(side, int(args.child[2])))
+        else:
+            print(child_render(side, Path(args.child[2]), Path(args.child[3])))
+        return
+    print(f"{'CPU s, median':<24}{'library':>10}{'no freeze':>12}{'bare':>9}{'ratio':>9}{'no freeze':>12}"
+          f"   per-pair ratios")
     for n in args.sizes:
-        lib, base = bench_program(n, runs_for(n, args.repeat))
-        print(f"{f'{n} models':<28}{lib:>11.3f}{base:>10.3f}{lib / base:>7.2f}x")
-    lib, base = bench_render(args.render_size, max(args.repeat, 5))
-    print(f"{f'render {args.render_size} models':<28}{lib:>11.3f}{base:>10.3f}{lib / base:>7.2f}x")
-    print("(library/bare; targets: program <= 1.10x, render <= 1.25x)")
+        check_program(n)
+        report(f"program, {n} models", measure(runs_for(n, args.repeat),
+                                               lambda side, n=n: spawn("program", side, str(n))))
+    work = Path(tempfile.mkdtemp(prefix="sgp-bench-"))
+    try:
+        stack = work / "Pulumi.bench.yaml"
+        raw = synthetic_config(args.render_size)
+        stack.write_text(yaml.safe_dump({"config": {f"sgp-infra:{k}": v for k, v in raw.items()}}))
+        check_render(stack, work)
+
+        def render_once(side: str) -> float:
+            out = work / f"out-{side}"
+            shutil.rmtree(out, ignore_errors=True)
+            return spawn("render", side, str(stack), str(out))
+        report(f"render, {args.render_size} models", measure(max(args.repeat, 5), render_once))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("(ratio = library / bare, medians of CPU time; targets: program <= 1.10x, render <= 1.25x)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Iterator
 
 import pytest
@@ -22,3 +23,15 @@ def main_thread_event_loop() -> Iterator[None]:
     except RuntimeError:
         asyncio.set_event_loop(asyncio.new_event_loop())
     yield
+
+
+@pytest.fixture(autouse=True)
+def unfreeze_heap() -> Iterator[None]:
+    """Undo ``gc.freeze()`` after each test.
+
+    The Pulumi program and the ``render``/``validate`` commands freeze the
+    heap once their catalogue is planned (``sgp_infra/heap.py``); that is right
+    for a one-shot process, but the test process runs them hundreds of times.
+    """
+    yield
+    gc.unfreeze()

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from ..catalog import Catalog, CatalogInvalid, SourceError, load_file
 from ..catalog.sources import resolve_config_file
+from ..heap import freeze_long_lived
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -84,4 +85,6 @@ def try_load_planned(args: argparse.Namespace) -> tuple[Optional[Catalog], list[
     except CatalogInvalid as exc:
         print(f"{config_file_of(args)}: {exc.render()}", file=sys.stderr)
         return None, [], EXIT_INVALID
+    # The catalogue and manifests live until the command ends (sgp_infra/heap.py).
+    freeze_long_lived()
     return catalog, manifests, 0
