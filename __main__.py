@@ -17,6 +17,9 @@ from sgp_infra.components import CatalogApi, ModelCatalog
 from sgp_infra.heap import freeze_long_lived
 from sgp_infra.plan import plan_catalog
 
+# The imported modules, then the catalogue and plan, live until the program ends: keep
+# the garbage collector from rescanning them while it works (sgp_infra/heap.py).
+freeze_long_lived()
 try:
     catalog = load_pulumi()
     plan = plan_catalog(catalog)
@@ -24,8 +27,6 @@ except CatalogInvalid as invalid:
     for problem in invalid.errors:
         pulumi.log.error(str(problem))
     raise pulumi.RunError(invalid.render()) from None
-# The modules, catalogue and plan live until the program ends: keep the garbage
-# collector from rescanning them while the SDK registers resources (sgp_infra/heap.py).
 freeze_long_lived()
 
 opts: Optional[pulumi.ResourceOptions] = None

@@ -76,6 +76,9 @@ def try_load_planned(args: argparse.Namespace) -> tuple[Optional[Catalog], list[
     from ..plan import plan_catalog
     from ..plan.api import plan_api
 
+    # This is a one-shot command: the imported modules (and below, the
+    # catalogue and its manifests) live until it ends (sgp_infra/heap.py).
+    freeze_long_lived()
     catalog, code = try_load(args)
     if catalog is None:
         return None, [], code
@@ -85,6 +88,5 @@ def try_load_planned(args: argparse.Namespace) -> tuple[Optional[Catalog], list[
     except CatalogInvalid as exc:
         print(f"{config_file_of(args)}: {exc.render()}", file=sys.stderr)
         return None, [], EXIT_INVALID
-    # The catalogue and manifests live until the command ends (sgp_infra/heap.py).
     freeze_long_lived()
     return catalog, manifests, 0
