@@ -12,6 +12,7 @@ import yaml
 from plan_fixtures import ROOT, STACKS, raw_catalog
 from sgp_infra.catalog import load_file
 from sgp_infra.cli import main
+from sgp_infra.cli.render import file_name
 from sgp_infra.plan import plan_catalog
 from sgp_infra.plan.api import plan_api
 
@@ -34,6 +35,28 @@ def test_out_dir_writes_one_file_per_planned_object(stack: Path, tmp_path: Path)
         assert "&id" not in text and "*id" not in text  # no YAML aliases
         assert yaml.safe_load(text) == manifest
         assert path.name.endswith(f"-{manifest['kind'].lower()}-{manifest['metadata']['name']}.yaml")
+
+
+def test_rerender_removes_files_of_objects_no_longer_planned_and_keeps_others(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = raw_catalog()
+    out = tmp_path / "rendered"
+    assert main(["render", "--config-file", str(write_stack(tmp_path, raw)), "--out", str(out)]) == 0
+    before = {p.name for p in out.iterdir()}
+    (out / "kustomization.yaml").write_text("resources: []\n")  # the user's own file
+    gone = sorted(raw["models"])[0]
+    del raw["models"][gone]
+    raw.pop("modelGroups", None)  # groups may name the removed model
+    capsys.readouterr()
+    assert main(["render", "--config-file", str(write_stack(tmp_path, raw)), "--out", str(out)]) == 0
+    after = {p.name for p in out.iterdir()}
+    catalog = load_file(write_stack(tmp_path, raw))
+    planned = plan_catalog(catalog).manifests + plan_api(catalog)
+    assert after == {file_name(i, m) for i, m in enumerate(planned)} | {"kustomization.yaml"}
+    assert not any(f"-{gone}.yaml" in name for name in after)
+    removed = len(before - after)
+    assert removed > 0
+    assert f"removed {removed} stale file" in capsys.readouterr().err
 
 
 def test_stdout_stream_by_stack_name_through_the_real_entry_point() -> None:

@@ -8,6 +8,7 @@ will apply.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import IO, Any, Iterable
@@ -27,7 +28,9 @@ objects and fields `pulumi up` registers.
 --out DIR writes one file per object, named NNN-<kind>-<name>.yaml in apply
 order (kubectl apply -f DIR applies them in that order). --out - writes one
 multi-document stream to stdout. An invalid catalogue prints every problem
-with its config path, exits 1 and writes nothing.
+with its config path, exits 1 and writes nothing. Files in DIR that an earlier render wrote
+(NNN-<kind>-<name>.yaml) and this one did not are removed, so DIR holds
+exactly the current objects; other files are left alone.
 
 examples:
   python -m sgp_infra render --stack dev --out rendered/dev
@@ -104,14 +107,30 @@ def file_name(index: int, manifest: dict[str, Any]) -> str:
     return f"{index:03d}-{manifest['kind'].lower()}-{manifest['metadata']['name']}.yaml"
 
 
-def write_dir(manifests: Iterable[dict[str, Any]], out: Path) -> int:
+#: The names :func:`file_name` gives: only such files are ever removed from ``--out``.
+RENDERED = re.compile(r"\d{3,}-[a-z0-9]+-[a-z0-9][a-z0-9.-]*\.yaml")
+
+
+def write_dir(manifests: Iterable[dict[str, Any]], out: Path) -> tuple[int, int]:
+    """Write one file per manifest; remove files an earlier render left for objects now gone.
+
+    Why remove: file numbers follow apply order, so adding or removing one
+    model renames the files after it, and ``kubectl apply -f DIR`` would apply
+    a removed model's leftover file.  Returns ``(written, removed)``.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    count = 0
+    written: set[str] = set()
     for index, manifest in enumerate(manifests):
-        with open(out / file_name(index, manifest), "w", encoding="utf-8") as handle:
+        name = file_name(index, manifest)
+        with open(out / name, "w", encoding="utf-8") as handle:
             dump(manifest, handle)
-        count += 1
-    return count
+        written.add(name)
+    removed = 0
+    for path in out.iterdir():
+        if path.name not in written and RENDERED.fullmatch(path.name) and path.is_file():
+            path.unlink()
+            removed += 1
+    return len(written), removed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -136,9 +155,10 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     try:
-        count = write_dir(manifests, out)
+        count, removed = write_dir(manifests, out)
     except OSError as exc:
         print(f"error: cannot write to {out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"wrote {count} manifests to {out}", file=sys.stderr)
+    stale = f" (removed {removed} stale file{'s' if removed != 1 else ''} of objects no longer planned)" if removed else ""
+    print(f"wrote {count} manifests to {out}{stale}", file=sys.stderr)
     return 0
