@@ -20,6 +20,8 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .logs import access_line
+
 access_log = logging.getLogger("sgp_infra.api.access")
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -88,6 +90,5 @@ class MetricsMiddleware:
             self.metrics.requests_of(method, route, str(status)).inc()
             self.metrics.latency_of(method, route).observe(elapsed)
             if access_log.isEnabledFor(logging.INFO):
-                fields: dict[str, Any] = {"method": method, "path": scope["path"], "route": route,
-                                          "status": status, "duration_ms": round(elapsed * 1000, 3)}
-                access_log.info("request", extra=fields)
+                access_line({"method": method, "path": scope["path"], "route": route, "status": status,
+                             "duration_ms": round(elapsed * 1000, 3)})
