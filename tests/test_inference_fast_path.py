@@ -3,7 +3,7 @@ routes, auth, error shape, metric labels; everything else falls through."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -53,3 +53,36 @@ def test_other_methods_and_paths_still_go_through_fastapi(base: str) -> None:
     assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
     r = httpx.post(f"{base}/v4/models/a/b/c/completions", headers={"x-api-key": ACME_KEY})
     assert r.status_code == 404 and r.json()["detail"].startswith("no route POST")
+
+
+class _FakeTelemetry:
+    """Stands in for FastAPI's NativeTelemetry: counts the per-request check and the requests it wraps."""
+
+    def __init__(self, on: bool):
+        self.on = on
+        self.checks = 0
+        self.wrapped = 0
+
+    def enabled(self) -> bool:
+        self.checks += 1
+        return self.on
+
+    async def __call__(self, *, app: Any, scope: Any, receive: Any, send: Any, legacy_otel: bool) -> None:
+        self.wrapped += 1
+        await app(scope, receive, send)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_opentelemetry_check_is_made_once_a_second_and_honoured(on: bool) -> None:
+    app = create_app(make_catalog(extra_acme=0, extra_other=0), api_keys=API_KEYS)
+    fake = _FakeTelemetry(on)
+    app._native_telemetry = fake  # type: ignore[attr-defined]
+    with running(app) as url:
+        for _ in range(5):
+            assert httpx.get(f"{url}/healthz").status_code == 200
+        r = httpx.post(f"{url}/v4/models/nope/completions", json={}, headers={"x-api-key": ACME_KEY})
+        assert r.status_code == 404
+    if on:  # a provider is configured: every request goes through FastAPI's telemetry wrapper, as before
+        assert fake.wrapped >= 6
+    else:  # none: asked once (not once for each of the 6 requests), and nothing wrapped
+        assert 1 <= fake.checks <= 2 and fake.wrapped == 0
