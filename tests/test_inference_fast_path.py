@@ -86,3 +86,13 @@ def test_opentelemetry_check_is_made_once_a_second_and_honoured(on: bool) -> Non
         assert fake.wrapped >= 6
     else:  # none: asked once (not once for each of the 6 requests), and nothing wrapped
         assert 1 <= fake.checks <= 2 and fake.wrapped == 0
+
+
+def test_model_answers_are_the_same_response_json_response_builds() -> None:
+    from sgp_infra.api.common import json_response
+    from sgp_infra.api.inference.routes import _JsonAnswer
+
+    for body in ({"completions": [["hi", ["echo: hi"]]], "finish_reason": "stop"}, [1, "two"], "é", None):
+        lean, general = _JsonAnswer(body), json_response(body)
+        assert (lean.status_code, lean.body, lean.raw_headers, lean.background) == \
+            (general.status_code, general.body, general.raw_headers, general.background)

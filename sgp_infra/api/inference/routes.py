@@ -79,6 +79,21 @@ async def read_body(request: Request) -> dict[str, Any]:
     return body
 
 
+class _JsonAnswer(Response):
+    """``json_response(body)`` for a model's answer: the same status, body and headers
+    (``content-length`` then ``content-type: application/json``), built without
+    ``Response.__init__``'s general header handling, which this hot path does not need."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: Any):
+        content = orjson.dumps(body)
+        self.status_code = 200
+        self.body = content
+        self.background = None
+        self.raw_headers = [(b"content-length", b"%d" % len(content)), (b"content-type", b"application/json")]
+
+
 def _error(exc: UpstreamError) -> Response:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return api_error(exc.status, exc.detail, headers=headers)
@@ -139,7 +154,7 @@ async def _typed(request: Request, model: Model, call: Call, render: Callable[[C
     async def work(slot: Slot) -> Response:
         if not call.stream:
             data = await gw.call_json(model, route, payload, timeouts)
-            return json_response(render(call, kind, parse_result(kind, call.op, data)))
+            return _JsonAnswer(render(call, kind, parse_result(kind, call.op, data)))
         upstream = await gw.open(model, route, payload, timeouts)
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -239,7 +254,7 @@ async def _raw(request: Request, model: Model, args: dict[str, Any], *, stream: 
     async def work(slot: Slot) -> Response:
         if not stream:
             data = await gw.call_json(model, route, payload, timeouts, retries)
-            return json_response({"response": data, "object": "generic_inference"} if wrap else data)
+            return _JsonAnswer({"response": data, "object": "generic_inference"} if wrap else data)
         upstream = await gw.open(model, route, payload, timeouts, retries)
         media = upstream.headers.get("content-type", "text/event-stream")
 
