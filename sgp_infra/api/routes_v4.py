@@ -43,8 +43,7 @@ def _earliest(request: Request, names: set[str], fallback: str) -> str:
 
 
 def _live_template(request: Request, item: dict[str, Any]) -> dict[str, Any]:
-    names = {e.model.name for e in index_of(request).models
-             if e.model.template is not None and e.model.template.id == item["id"]}
+    names = index_of(request).template_member_names(item["id"])
     return {**item, "created_at": _earliest(request, names, item["created_at"])}
 
 

@@ -206,6 +206,10 @@ class CatalogIndex:
         self._template_by_ref = {ref: v for v in self.templates for ref in (v["name"], v["id"])}
         self._group_by_ref = {ref: v for v in self.groups for ref in (v["name"], v["id"])}
         self._group_members = {g.id: set(g.members) for g in groups.values()}
+        self._template_members: dict[str, set[str]] = {}
+        for e in self.models:
+            if e.model.template is not None:
+                self._template_members.setdefault(e.model.template.id, set()).add(e.model.name)
         self._by_accounts: dict[frozenset[str], list[ModelEntry]] = {}
 
     def models_of(self, accounts: frozenset[str]) -> list[ModelEntry]:
@@ -229,6 +233,10 @@ class CatalogIndex:
 
     def group_member_names(self, group_id: str) -> set[str]:
         return self._group_members.get(group_id, set())
+
+    def template_member_names(self, template_id: str) -> set[str]:
+        """Names of the models built from this template (computed once, not per request)."""
+        return self._template_members.get(template_id, set())
 
 
 def live_created_at(entry: ModelEntry, status: ModelStatus, base: dict[str, Any]) -> str:
