@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     label = _display(path)
     try:
         current = build_catalog(raw)
-        plan_catalog(current)  # problems only planning finds (e.g. a GPU type the profile cannot place)
+        current_plan = plan_catalog(current)  # problems only planning finds (e.g. an unplaceable GPU type)
     except CatalogInvalid as exc:
         hints = dangling_group_members(base.catalog, raw)
         render = invalid_json if args.format == "json" else invalid_markdown
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {label}: the catalogue is invalid ({n} problem{'s' if n != 1 else ''}, listed above); "
               f"fix them, then check with: python -m sgp_infra validate --config-file {label}", file=sys.stderr)
         return EXIT_INVALID
-    diff = diff_catalogs(base.catalog, current, base.problem)
+    diff = diff_catalogs(base.catalog, current, base.problem, current_plan=current_plan)
     if args.format == "json":
         sys.stdout.write(to_json(diff, label, base.label))
     elif not diff.changed and not diff.warnings:

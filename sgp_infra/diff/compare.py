@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Literal, Mapping, Optional
 
 from ..catalog import Catalog, CatalogInvalid, Model, config_path
-from ..plan import plan_catalog
+from ..plan import Plan, plan_catalog
 from ..plan.api import plan_api
 
 Effect = Literal["restart", "scale", "none"]
@@ -165,19 +165,21 @@ class CatalogDiff:
 
 
 def diff_catalogs(base: Optional[Catalog], current: Catalog,
-                  base_problem: Optional[str] = None) -> CatalogDiff:
+                  base_problem: Optional[str] = None, *, current_plan: Optional[Plan] = None) -> CatalogDiff:
     """What changes from ``base`` to ``current``.
 
     ``base`` is ``None`` when there is nothing to compare with (the stack file
     is new at this ref, or the base catalogue is invalid; ``base_problem`` says
     which, and becomes a warning): everything in ``current`` is then "added".
+    ``current_plan``, when the caller already planned ``current``, saves
+    planning it again.
     """
     b_templates = base.templates if base else {}
     b_models = base.models if base else {}
     b_groups = base.groups if base else {}
 
     pods_before = pod_templates(base) if base else {}
-    pods_after = pod_templates(current)
+    pods_after = pod_templates(current, current_plan)
     models_list = list(_model_diffs(b_models, current.models, pods_before, pods_after))
     rolls: dict[str, list[str]] = {}
     for i, d in enumerate(models_list):
@@ -209,16 +211,17 @@ def _api_pod(catalog: Catalog) -> Any:
     return None
 
 
-def pod_templates(catalog: Catalog) -> Optional[dict[str, Any]]:
+def pod_templates(catalog: Catalog, plan: Optional[Plan] = None) -> Optional[dict[str, Any]]:
     """Per model, what replacing its pods depends on: Deployment namespace, name, pod template.
 
     ``None`` when the catalogue cannot be planned (e.g. a GPU type its
-    profile cannot place).
+    profile cannot place).  ``plan``, if given, is the catalogue's plan.
     """
-    try:
-        plan = plan_catalog(catalog)
-    except CatalogInvalid:
-        return None
+    if plan is None:
+        try:
+            plan = plan_catalog(catalog)
+        except CatalogInvalid:
+            return None
     out: dict[str, Any] = {}
     for name, planned in plan.models.items():
         dep = next((m for m in planned.manifests if m.get("kind") == "Deployment"), None)
