@@ -96,3 +96,21 @@ def test_model_answers_are_the_same_response_json_response_builds() -> None:
         lean, general = _JsonAnswer(body), json_response(body)
         assert (lean.status_code, lean.body, lean.raw_headers, lean.background) == \
             (general.status_code, general.body, general.raw_headers, general.background)
+
+
+def test_in_flight_gauge_exposition_is_a_prometheus_gauge_s() -> None:
+    """The collector over the gateway's counters prints what the Gauge it replaced printed."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    from sgp_infra.api.inference.metrics import IN_FLIGHT, IN_FLIGHT_HELP, InferenceMetrics
+
+    reference = CollectorRegistry(auto_describe=True)
+    gauge = Gauge(IN_FLIGHT, IN_FLIGHT_HELP, ["model"], registry=reference)
+    gauge.labels("b").inc()
+    gauge.labels("a").inc(2)
+    gauge.labels("b").dec()
+    ours = CollectorRegistry(auto_describe=True)
+    metrics = InferenceMetrics(ours)
+    metrics.in_flight_counts.update({"b": 0, "a": 2})
+    mine = [line for line in generate_latest(ours).decode().splitlines() if IN_FLIGHT in line]
+    assert mine == generate_latest(reference).decode().splitlines()

@@ -48,8 +48,7 @@ class Slot:
             return
         self.done = True
         g, label = self.gateway, self.model.object_name
-        g.in_flight[label] -= 1
-        g.metrics.in_flight_of(label).dec()
+        g.in_flight[label] -= 1  # also the in-flight gauge (metrics.InFlightGauge reads it)
         g.metrics.requests_of(label, self.operation, str(code)).inc()
         if error_kind:
             g.metrics.errors_of(label, error_kind).inc()
@@ -65,7 +64,8 @@ class Gateway:
         self.namespace = namespace
         self.forwarder = Forwarder(settings, metrics)
         self.waker = Waker(settings.wake_poll_interval, settings.ready_fresh_for)
-        self.in_flight: dict[str, int] = {}
+        #: Per model object name; the same dict the in-flight gauge is read from.
+        self.in_flight: dict[str, int] = metrics.in_flight_counts
         self._base_urls: dict[str, str] = {}
 
     async def aclose(self) -> None:
@@ -99,7 +99,6 @@ class Gateway:
                                 f"flight, its limit (per_worker {model.per_worker} x max_workers "
                                 f"{model.max_workers}); retry shortly", 1)
         self.in_flight[label] = current + 1
-        self.metrics.in_flight_of(label).inc()
         return Slot(self, model, operation)
 
     # --- readiness ----------------------------------------------------------------

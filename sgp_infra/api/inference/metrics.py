@@ -7,7 +7,11 @@ replicas, so a request held for a cold model already counts and wakes it.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..metrics import cached_labels
 
@@ -21,11 +25,36 @@ ERROR_KINDS = ("connect", "connect_timeout", "read_timeout", "protocol", "bad_re
                "model_failed", "client_disconnect")
 
 
+IN_FLIGHT = "sgp_infra_model_requests_in_flight"
+IN_FLIGHT_HELP = "Inference requests in flight in this API replica, held cold-start waits included"
+
+
+class InFlightGauge(Collector):
+    """``sgp_infra_model_requests_in_flight{model}``, read at scrape time from the
+    gateway's own per-model counters (the same ints behind the 429 cap).
+
+    Why not a ``prometheus_client.Gauge``: every request did an ``inc()`` and a
+    ``dec()`` on it, each taking a lock, to mirror a count the gateway keeps
+    anyway.  The exposition is the same: a gauge with one sample per model
+    that has had a request, in first-request order, as a float.
+    """
+
+    def __init__(self, counts: dict[str, int]):
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(IN_FLIGHT, IN_FLIGHT_HELP, labels=["model"])
+        for model, count in list(self.counts.items()):
+            family.add_metric([model], float(count))
+        yield family
+
+
 class InferenceMetrics:
     def __init__(self, registry: CollectorRegistry):
-        self.in_flight = Gauge("sgp_infra_model_requests_in_flight",
-                               "Inference requests in flight in this API replica, held cold-start waits included",
-                               ["model"], registry=registry)
+        #: Requests in flight per model object name: the gateway's counters, exported as the gauge.
+        self.in_flight_counts: dict[str, int] = {}
+        self.in_flight = InFlightGauge(self.in_flight_counts)
+        registry.register(self.in_flight)
         self.requests = Counter("sgp_infra_model_requests_total", "Inference requests answered, by outcome",
                                 ["model", "operation", "code"], registry=registry)
         self.errors = Counter("sgp_infra_model_errors_total", "Inference failures, by kind", ["model", "kind"],
@@ -40,7 +69,6 @@ class InferenceMetrics:
                                "Cold-start wake-ups started (concurrent waiters share one)", ["model"],
                                registry=registry)
         # Children memoised for the per-request paths (see ``cached_labels``).
-        self.in_flight_of = cached_labels(self.in_flight)
         self.requests_of = cached_labels(self.requests)
         self.errors_of = cached_labels(self.errors)
         self.upstream_latency_of = cached_labels(self.upstream_latency)
