@@ -607,3 +607,21 @@ def test_https_works_with_a_trusted_certificate_and_an_untrusted_one_is_a_tls_fa
             await fw.aclose()
 
     run(scenario())
+
+
+def test_headers_are_case_insensitive_and_keep_the_first_value() -> None:
+    async def scenario() -> None:
+        answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\ncontent-type: application/json\r\n"
+                  b"Retry-After: 7\r\nX-Name: caf\xe9\r\ncontent-length: 2\r\n\r\n{}")
+        async with Server(serve_forever(answer)) as server:
+            pool = Pool()
+            conn = await post(pool, server.url())
+            assert conn.headers.get("content-type") == "text/event-stream"
+            assert conn.headers.get("RETRY-AFTER") == "7"
+            assert conn.headers.get("x-name") == "caf\xe9"  # bytes read as latin-1
+            assert conn.headers.get("missing") is None and conn.headers.get("missing", "d") == "d"
+            assert await read_all(conn) == b"{}"
+            conn.release()
+            await pool.aclose()
+
+    run(scenario())

@@ -117,10 +117,15 @@ class Target:
 
 
 class Headers(dict):  # type: ignore[type-arg]
-    """Response headers by lower-case name (the first value of a repeated header)."""
+    """Response headers: ``get("Content-Type")`` → the first value, as ``str``.
+
+    Stored as raw bytes by lower-case name and decoded (latin-1) on ``get``:
+    a response carries several headers and the proxy reads one or two.
+    """
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        return dict.get(self, key.lower(), default)
+        value = dict.get(self, key.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
 
 
 class Connection(asyncio.Protocol):
@@ -202,9 +207,10 @@ class Connection(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        if key not in self.headers:
-            self.headers[key] = value.decode("latin-1")
+        headers = self.headers
+        key = name.lower()
+        if key not in headers:
+            headers[key] = value
 
     def on_headers_complete(self) -> None:
         if self.headers_done:  # a second response to one request
@@ -216,11 +222,11 @@ class Connection(asyncio.Protocol):
             return
         self.status = status
         headers = self.headers
-        self.until_eof = ("content-length" not in headers and "transfer-encoding" not in headers
+        self.until_eof = (b"content-length" not in headers and b"transfer-encoding" not in headers
                           and status not in (204, 304))
-        coding = headers.get("content-encoding")
-        if coding and coding != "identity":
-            coding = coding.strip().lower()
+        raw_coding = dict.get(headers, b"content-encoding")
+        if raw_coding and raw_coding != b"identity":
+            coding = raw_coding.decode("latin-1").strip().lower()
             if coding in ("gzip", "x-gzip", "deflate"):
                 self._decoder = zlib.decompressobj(wbits=47)  # zlib or gzip header, detected
             elif coding != "identity":
