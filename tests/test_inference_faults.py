@@ -313,8 +313,10 @@ def test_requests_beyond_per_worker_times_max_workers_get_429() -> None:
         await read_request(reader)
         await asyncio.get_running_loop().run_in_executor(None, release.wait, 30)
         body = b'{"completions": [["x", ["ok"]]], "finish_reason": "stop"}'
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                     % (len(body), body))
+        # FaultServer closes each connection after its handler: say so, or the API may send the
+        # last request on a connection as it closes (a 502: a proxy does not resend a POST).
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(body), body))
         await writer.drain()
 
     with FaultServer(held) as url, api({"tiny": url}) as (client, app):

@@ -215,6 +215,24 @@ def test_idle_connections_are_closed_after_the_keepalive_time() -> None:
     run(scenario())
 
 
+def test_a_connection_idle_past_the_keepalive_time_is_not_reused_even_before_the_sweep() -> None:
+    async def scenario() -> None:
+        async with Server(serve_forever(ok())) as server:
+            pool = Pool(keepalive=60.0)  # the sweep will not run during the test
+            conn = await post(pool, server.url())
+            await read_all(conn)
+            conn.release()
+            conn.idle_since -= 61.0  # as if it had sat idle past keepalive
+            again = await post(pool, server.url())
+            await read_all(again)
+            again.release()
+            assert again is not conn and conn.closed
+            assert server.connections == 2 and pool.open_connections() == 1
+            await pool.aclose()
+
+    run(scenario())
+
+
 def test_the_connection_limit_makes_requests_wait_for_a_free_connection() -> None:
     async def scenario() -> None:
         release = asyncio.Event()

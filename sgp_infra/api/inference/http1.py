@@ -387,11 +387,9 @@ class Pool:
 
     async def acquire(self, target: Target, connect_timeout: float) -> Connection:
         """An idle connection to ``target``'s origin, or a new one."""
-        idle = self._idle.get(target.key)
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
+        conn = self._take_idle(target.key)
+        if conn is not None:
+            return conn
         while len(self._open) + self._connecting >= self.limit:
             if not self._close_one_idle():
                 waiter = self.loop.create_future()
@@ -401,12 +399,30 @@ class Pool:
                 finally:
                     if waiter in self._room:
                         self._room.remove(waiter)
-                idle = self._idle.get(target.key)
-                while idle:
-                    conn = idle.pop()
-                    if not conn.closed:
-                        return conn
+                conn = self._take_idle(target.key)
+                if conn is not None:
+                    return conn
         return await self._connect(target, connect_timeout)
+
+    def _take_idle(self, key: tuple[str, str, int]) -> Optional[Connection]:
+        """The most recently used idle connection to ``key`` that is open and not past ``keepalive``.
+
+        Checked here, not only by the sweep (which runs every ``keepalive``
+        seconds): a connection older than that is closed rather than reused,
+        so the pool stops using it before a server with a slightly longer
+        idle timeout closes it under a request in flight.
+        """
+        idle = self._idle.get(key)
+        cutoff = time.monotonic() - self.keepalive
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if conn.idle_since <= cutoff:
+                conn.abort()
+                continue
+            return conn
+        return None
 
     async def _connect(self, target: Target, timeout: float) -> Connection:
         context: Any = None

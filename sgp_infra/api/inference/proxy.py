@@ -37,6 +37,12 @@ log = logging.getLogger("sgp_infra.api.inference")
 #: Backend 4xx answers passed on with their status: the caller's request was bad.
 PASS_THROUGH_4XX = frozenset({400, 409, 413, 422, 429})
 SNIPPET = 2048
+#: Seconds an idle backend connection is kept for reuse: below the 5 s idle
+#: timeout of uvicorn (the usual model-server front end), so the API, not the
+#: server, closes idle connections.  When a server closes one just as a request
+#: goes out on it, that request fails with a 502, because a proxy must not
+#: resend a POST that may have reached the model (RFC 9112, 9.3.1.1).
+KEEPALIVE = 4.0
 
 
 class UpstreamError(Exception):
@@ -125,7 +131,7 @@ class Forwarder:
     def pool(self) -> Pool:
         # Created on first use, inside the server's event loop.
         if self._pool is None or self._pool.closed:
-            self._pool = Pool(limit=1024, keepalive=30.0)
+            self._pool = Pool(limit=1024, keepalive=KEEPALIVE)
         return self._pool
 
     async def aclose(self) -> None:
