@@ -74,17 +74,22 @@ class ServiceApp(FastAPI):
     _otel_on = True
     _otel_next = 0.0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def telemetry_on(self) -> bool:
+        """Whether FastAPI's OpenTelemetry wrapper would trace a request now (asked at most once a second)."""
         native = getattr(self, "_native_telemetry", None)
-        if native is not None and scope["type"] == "http" and not self.root_path \
-                and "fastapi.telemetry" not in scope:
-            now = time.monotonic()
-            if now >= self._otel_next:
-                self._otel_on = bool(native.enabled())
-                self._otel_next = now + 1.0
-            if not self._otel_on:
-                await Starlette.__call__(self, scope, receive, send)
-                return
+        if native is None:
+            return False
+        now = time.monotonic()
+        if now >= self._otel_next:
+            self._otel_on = bool(native.enabled())
+            self._otel_next = now + 1.0
+        return self._otel_on
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if getattr(self, "_native_telemetry", None) is not None and scope["type"] == "http" \
+                and not self.root_path and "fastapi.telemetry" not in scope and not self.telemetry_on():
+            await Starlette.__call__(self, scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
 
 
@@ -95,6 +100,16 @@ def _inference_module() -> Any:
         if exc.name == f"{__package__}.inference":
             return None
         raise
+
+
+def http_protocol(app: FastAPI, *, express: bool = True) -> Any:
+    """uvicorn's ``http`` setting for ``app``: the inference express lane's protocol when the app
+    routes inference and ``express`` is on, else uvicorn's own httptools protocol."""
+    inference = _inference_module()
+    factory = getattr(inference, "express_protocol", None)
+    if express and factory is not None and getattr(getattr(app, "state", None), "inference", None) is not None:
+        return factory(app)
+    return "httptools"
 
 
 def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],

@@ -55,7 +55,12 @@ def seen_or_404(item: Any, account_id: Optional[str], caller: Caller, noun: str,
 
 def visible_model(request: Request, caller: Caller, ref: str) -> ModelEntry:
     """The model named ``ref`` (name, id or deployment id), or a 404 ApiError."""
-    entry = index_of(request).model(ref)
+    return visible_model_in(index_of(request), caller, ref)
+
+
+def visible_model_in(index: CatalogIndex, caller: Caller, ref: str) -> ModelEntry:
+    """:func:`visible_model` given the catalogue index rather than the request."""
+    entry = index.model(ref)
     return seen_or_404(entry, entry.model.account_id if entry else None, caller, "model", ref)
 
 

@@ -85,8 +85,12 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    # Logged without the request's headers: they carry the API key.
-    log.error("unhandled error", extra={"path": request.url.path, "error": type(exc).__name__}, exc_info=exc)
+    return unexpected_error(request.url.path, exc)
+
+
+def unexpected_error(path: str, exc: BaseException) -> Response:
+    """Log a bug (without the request's headers: they carry the API key) and answer 500 in the error shape."""
+    log.error("unhandled error", extra={"path": path, "error": type(exc).__name__}, exc_info=exc)
     return api_error(500, "internal error; the service logged it")
 
 

@@ -56,6 +56,14 @@ class Metrics:
         self.requests_of = cached_labels(self.requests)
         self.latency_of = cached_labels(self.latency)
 
+    def record(self, method: str, path: str, route: str, status: int, elapsed: float) -> None:
+        """Count one answered request, observe its latency and write its access line."""
+        self.requests_of(method, route, str(status)).inc()
+        self.latency_of(method, route).observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            access_line({"method": method, "path": path, "route": route, "status": status,
+                         "duration_ms": round(elapsed * 1000, 3)})
+
 
 def _route_of(scope: Scope) -> str:
     route = scope.get("route")
@@ -84,11 +92,5 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            elapsed = time.perf_counter() - start
-            route = _route_of(scope)
-            method = scope["method"]
-            self.metrics.requests_of(method, route, str(status)).inc()
-            self.metrics.latency_of(method, route).observe(elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                access_line({"method": method, "path": scope["path"], "route": route, "status": status,
-                             "duration_ms": round(elapsed * 1000, 3)})
+            self.metrics.record(scope["method"], scope["path"], _route_of(scope), status,
+                                time.perf_counter() - start)

@@ -4,7 +4,9 @@ scale-from-zero holds, limits and metrics.
 ``create_app`` calls :func:`install` once (it builds the per-app
 :class:`~.gateway.Gateway` and closes its connection pool at shutdown) and
 includes :data:`router`; :class:`~.fast.FastPath` serves the ``POST``
-routes ahead of FastAPI's router (same endpoints).  See ``docs/inference.md``.
+routes ahead of FastAPI's router (same endpoints); :func:`~.express.express_protocol`
+gives uvicorn the protocol that answers non-streamed typed calls without the
+ASGI stack.  See ``docs/inference.md``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI
 
+from .express import express_protocol
 from .fast import FastPath
 from .gateway import Gateway
 from .metrics import InferenceMetrics
 from .routes import router
 from .settings import InferenceSettings, settings_from_env
 
-__all__ = ["router", "install", "FastPath", "Gateway", "InferenceSettings"]
+__all__ = ["router", "install", "FastPath", "Gateway", "InferenceSettings", "express_protocol"]
 
 
 def install(app: FastAPI, settings: Optional[InferenceSettings] = None) -> Gateway:

@@ -41,6 +41,20 @@ from .routes import FAST_ROUTES, V4_FAST_OPS, router
 _V4_PREFIX = "/v4/models/"
 
 
+def match_fast_route(path: str) -> Optional[tuple[str, tuple[str, ...]]]:
+    """``(route template, path parameters)`` if ``path`` is a fast route's, else ``None``."""
+    if path.startswith(_V4_PREFIX):
+        parts = path[len(_V4_PREFIX):].split("/")
+        if len(parts) == 2 and parts[0] and parts[1] in V4_FAST_OPS:
+            return V4_FAST_OPS[parts[1]], (parts[0],)
+        if len(parts) == 4 and parts[0] and parts[1] == "deployments" and parts[2] and parts[3] == "execute":
+            return "/v4/models/{model_instance_id}/deployments/{deployment_id}/execute", (parts[0], parts[2])
+        return None
+    if path in FAST_ROUTES and "{" not in path:
+        return path, ()
+    return None
+
+
 class FastPath:
     def __init__(self, app: ASGIApp, api: FastAPI):
         self.app = app
@@ -55,24 +69,11 @@ class FastPath:
             self._routes = {path: (routes[path], routes[path].endpoint) for path in FAST_ROUTES if path in routes}
         return self._routes
 
-    def match(self, path: str) -> Optional[tuple[str, tuple[str, ...]]]:
-        """``(route template, path parameters)`` for a fast route, else ``None``."""
-        if path.startswith(_V4_PREFIX):
-            parts = path[len(_V4_PREFIX):].split("/")
-            if len(parts) == 2 and parts[0] and parts[1] in V4_FAST_OPS:
-                return V4_FAST_OPS[parts[1]], (parts[0],)
-            if len(parts) == 4 and parts[0] and parts[1] == "deployments" and parts[2] and parts[3] == "execute":
-                return "/v4/models/{model_instance_id}/deployments/{deployment_id}/execute", (parts[0], parts[2])
-            return None
-        if path in FAST_ROUTES and "{" not in path:
-            return path, ()
-        return None
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
             await self.app(scope, receive, send)
             return
-        hit = self.match(scope["path"])
+        hit = match_fast_route(scope["path"])
         entry = self._table().get(hit[0]) if hit is not None else None
         if entry is None:
             await self.app(scope, receive, send)

@@ -15,7 +15,7 @@ v5 (``scale-gp-beta``): ``POST /v5/inference`` (``model`` is
 from __future__ import annotations
 
 import time
-from typing import Any, AsyncIterator, Callable, Literal, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Literal, NamedTuple, Optional
 
 import jsonschema
 import orjson
@@ -24,9 +24,10 @@ from starlette.responses import Response
 
 from ...catalog import Model
 from ..auth import Caller, caller
-from ..common import index_of, json_response, status_of, visible_model
+from ..common import index_of, json_response, status_of, visible_model, visible_model_in
 from ..errors import ApiError, api_error
 from ..paging import DEFAULT_LIMIT, MAX_LIMIT, page_v5, sort_items
+from ..views import CatalogIndex
 from .gateway import ClientGone, Gateway, Slot, guarded_stream, until_disconnect
 from .protocols import (BadBackendBody, Call, Op, backend_kind, backend_request, parse_delta, parse_result,
                         parse_v4, parse_v5_chat, parse_v5_completion, render_v4, render_v4_chunk, render_v5,
@@ -70,6 +71,11 @@ async def read_body(request: Request) -> dict[str, Any]:
         buf += chunk
         if len(buf) > limit:
             raise ApiError(413, f"request body is over the {limit}-byte limit")
+    return decode_body(buf)
+
+
+def decode_body(buf: bytes | bytearray) -> dict[str, Any]:
+    """The request body as a JSON object (422 if it is not one); empty means ``{}``."""
     try:
         body = orjson.loads(buf) if buf else {}
     except orjson.JSONDecodeError:
@@ -99,19 +105,27 @@ def _error(exc: UpstreamError) -> Response:
     return api_error(exc.status, exc.detail, headers=headers)
 
 
-async def _run(request: Request, model: Model, operation: str, work: Callable[[Slot], Any]) -> Response:
-    """Admit, run ``work(slot)`` until the client leaves, and map every failure to the error shape.
+#: Runs an inference request's work until the client leaves; raises :class:`ClientGone` when it has.
+Guard = Callable[[Awaitable[Any]], Awaitable[Any]]
+
+
+def request_guard(request: Request) -> Guard:
+    """The guard for an ASGI request: :func:`until_disconnect` on its ``receive``."""
+    return lambda work: until_disconnect(request, work)
+
+
+async def _run(gw: Gateway, guard: Guard, model: Model, operation: str, work: Callable[[Slot], Any]) -> Response:
+    """Admit, run ``work(slot)`` under ``guard``, and map every failure to the error shape.
 
     ``work`` returns a finished response (the slot is released here) or a
     :class:`ProxyStream` (the stream releases it when it ends).
     """
-    gw = gateway_of(request)
     try:
         slot = gw.admit(model, operation)
     except UpstreamError as exc:
         return _error(exc)
     try:
-        response = await until_disconnect(request, work(slot))
+        response = await guard(work(slot))
     except UpstreamError as exc:
         slot.finish(exc.status, exc.kind)
         return _error(exc)
@@ -143,9 +157,21 @@ def _stream_response(slot: Slot, upstream: Upstream, chunks: AsyncIterator[bytes
 # --- typed operations (v4 and v5 chat/completions) ------------------------------------
 
 
-async def _typed(request: Request, model: Model, call: Call, render: Callable[[Call, str, Any], dict[str, Any]],
-                 render_chunk: Callable[[Call, str, Any], dict[str, Any]]) -> Response:
-    gw = gateway_of(request)
+Render = Callable[[Call, str, Any], dict[str, Any]]
+
+
+class Typed(NamedTuple):
+    """A typed inference call, checked and ready to forward: what :func:`typed` needs."""
+
+    model: Model
+    call: Call
+    render: Render
+    render_chunk: Render
+
+
+async def typed(gw: Gateway, guard: Guard, t: Typed) -> Response:
+    """Forward a typed call (completion, chat, embedding, rerank) and answer in the caller's shape."""
+    model, call, render, render_chunk = t
     route = model.streaming_predict_route if call.stream else model.predict_route
     kind = backend_kind(model, call.op, route)
     payload = orjson.dumps(backend_request(call, kind, model))
@@ -175,14 +201,29 @@ async def _typed(request: Request, model: Model, call: Call, render: Callable[[C
 
         return _stream_response(slot, upstream, chunks(), "text/event-stream")
 
-    return await _run(request, model, call.op, work)
+    return await _run(gw, guard, model, call.op, work)
 
 
-def _v4_op(op: Op) -> Callable[..., Any]:
+#: A typed route's checks: (catalogue index, caller, path parameters, JSON body) → the call, or an ApiError.
+Prepare = Callable[[CatalogIndex, Caller, tuple[str, ...], dict[str, Any]], Typed]
+#: Route template → its :data:`Prepare`: the typed routes, which the express lane
+#: (:mod:`.express`) may answer without the ASGI stack when the call is not streamed.
+TYPED_ROUTES: dict[str, Prepare] = {}
+
+
+def _prepare_v4(op: Op) -> Prepare:
+    def prepare(index: CatalogIndex, who: Caller, params: tuple[str, ...], body: dict[str, Any]) -> Typed:
+        model = visible_model_in(index, who, params[0]).model
+        return Typed(model, parse_v4(op, body, model), render_v4, render_v4_chunk)
+
+    return prepare
+
+
+def _v4_op(prepare: Prepare) -> Callable[..., Any]:
     async def endpoint(request: Request, model_deployment_id: str, who: Caller = Depends(caller)) -> Response:
         body = await read_body(request)
-        model = visible_model(request, who, model_deployment_id).model
-        return await _typed(request, model, parse_v4(op, body, model), render_v4, render_v4_chunk)
+        t = prepare(index_of(request), who, (model_deployment_id,), body)
+        return await typed(gateway_of(request), request_guard(request), t)
 
     return endpoint
 
@@ -192,39 +233,50 @@ for _path, _op, _summary in (("completions", "completion", "Create a completion"
                              ("embeddings", "embedding", "Create embeddings"),
                              ("rerankings", "rerank", "Rerank chunks")):
     _template = f"/v4/models/{{model_deployment_id}}/{_path}"
-    router.add_api_route(_template, _v4_op(_op), methods=["POST"],  # type: ignore[arg-type]
+    TYPED_ROUTES[_template] = _prepare_v4(_op)
+    router.add_api_route(_template, _v4_op(TYPED_ROUTES[_template]), methods=["POST"],  # type: ignore[arg-type]
                          summary=_summary, name=f"v4 {_path}", tags=["v4 inference"])
     V4_FAST_OPS[_path] = _template
     FAST_ROUTES.add(_template)
 
 
-def _v5_model(request: Request, who: Caller, body: dict[str, Any]) -> tuple[Model, str]:
+def _v5_model(index: CatalogIndex, who: Caller, body: dict[str, Any]) -> tuple[Model, str]:
     ref = body.get("model")
     if not isinstance(ref, str) or not ref:
         raise ApiError(422, "invalid request: model: field required (launch/<name>, a name or a model id)")
     vendor, sep, name = ref.partition("/")
     if sep and vendor != "launch":
         raise ApiError(404, f"no model '{ref}': this service serves launch/<name> models only")
-    return visible_model(request, who, name if sep else ref).model, ref
+    return visible_model_in(index, who, name if sep else ref).model, ref
 
 
-async def _v5_typed(request: Request, who: Caller, parse: Callable[[dict[str, Any], str], Call]) -> Response:
+def _prepare_v5(parse: Callable[[dict[str, Any], str], Call]) -> Prepare:
+    def prepare(index: CatalogIndex, who: Caller, params: tuple[str, ...], body: dict[str, Any]) -> Typed:
+        model, label = _v5_model(index, who, body)
+        created = int(time.time())
+        return Typed(model, parse(body, label), lambda c, k, r: render_v5(c, k, r, created),
+                     lambda c, k, d: render_v5_chunk(c, k, d, created))
+
+    return prepare
+
+
+TYPED_ROUTES["/v5/chat/completions"] = _prepare_v5(parse_v5_chat)
+TYPED_ROUTES["/v5/completions"] = _prepare_v5(parse_v5_completion)
+
+
+async def _v5_typed(request: Request, who: Caller, prepare: Prepare) -> Response:
     body = await read_body(request)
-    model, label = _v5_model(request, who, body)
-    created = int(time.time())
-    return await _typed(request, model, parse(body, label),
-                        lambda c, k, r: render_v5(c, k, r, created),
-                        lambda c, k, d: render_v5_chunk(c, k, d, created))
+    return await typed(gateway_of(request), request_guard(request), prepare(index_of(request), who, (), body))
 
 
 @router.post("/v5/chat/completions", summary="Create a chat completion", tags=["v5 inference"])
 async def v5_chat(request: Request, who: Caller = Depends(caller)) -> Response:
-    return await _v5_typed(request, who, parse_v5_chat)
+    return await _v5_typed(request, who, TYPED_ROUTES["/v5/chat/completions"])
 
 
 @router.post("/v5/completions", summary="Create a completion", tags=["v5 inference"])
 async def v5_completion(request: Request, who: Caller = Depends(caller)) -> Response:
-    return await _v5_typed(request, who, parse_v5_completion)
+    return await _v5_typed(request, who, TYPED_ROUTES["/v5/completions"])
 
 
 # --- raw operations (execute, /v5/inference) ---------------------------------------------
@@ -274,7 +326,7 @@ async def _raw(request: Request, model: Model, args: dict[str, Any], *, stream: 
 
         return _stream_response(slot, upstream, chunks(), media if not wrap else "text/event-stream")
 
-    return await _run(request, model, "execute" if not wrap else "inference", work)
+    return await _run(gw, request_guard(request), model, "execute" if not wrap else "inference", work)
 
 
 @router.post("/v4/models/{model_instance_id}/deployments/{deployment_id}/execute",
@@ -296,7 +348,7 @@ async def execute(request: Request, model_instance_id: str, deployment_id: str,
 @router.post("/v5/inference", summary="Run a model on a free-form request", tags=["v5 inference"])
 async def inference(request: Request, who: Caller = Depends(caller)) -> Response:
     body = await read_body(request)
-    model, _label = _v5_model(request, who, body)
+    model, _label = _v5_model(index_of(request), who, body)
     args = body.get("args", {})
     if args is None:
         args = {}
