@@ -3,11 +3,14 @@ against nginx as a reverse proxy, all in front of the same demo backend.
 
     .venv/bin/python bench/bench_proxy.py [--seconds 5] [--generator auto|wrk|aiohttp]
 
-Starts, on loopback ports: a demo model (``python -m sgp_infra demo-model``),
-the API twice (``python -m sgp_infra serve --status none --backend ...``, once
-with the default JSON access log and once with ``--no-access-log``) and, if the
-``nginx`` binary exists (Debian: ``apt-get install -y nginx``), an nginx with
-a temporary config proxying to the backend with keep-alive upstream
+Starts, on loopback ports: a demo model (``python -m sgp_infra demo-model``);
+the API (``python -m sgp_infra serve --status none --backend ...``) four ways:
+as shipped (express lane on, JSON access log on), with ``--no-access-log``,
+with ``--no-express`` (every request through the ASGI stack: the lane's gain,
+same run) and as two processes sharing the port with ``--reuse-port`` (two
+replicas on one machine: what one more core buys); and, if the ``nginx``
+binary exists (Debian: ``apt-get install -y nginx``), an nginx with a
+temporary config proxying to the backend with keep-alive upstream
 connections.  Each path gets the same small completion request at concurrency
 1 and 64, in one run; the report gives throughput, p50/p99 latency, the
 throughput ratio to the direct path and the latency each proxy adds.
@@ -172,14 +175,13 @@ def cpu_seconds(pid: int) -> float:
 class CpuMeter:
     """CPU seconds spent by the proxy under test and by the backend during one measured run."""
 
-    def __init__(self, proxy_pid: Optional[int], backend_pid: int):
-        self.proxy_pid = proxy_pid
+    def __init__(self, proxy_pids: list[int], backend_pid: int):
+        self.proxy_pids = proxy_pids
         self.backend_pid = backend_pid
         self._start = (0.0, 0.0)
 
     def _now(self) -> tuple[float, float]:
-        proxy = cpu_seconds(self.proxy_pid) if self.proxy_pid is not None else 0.0
-        return proxy, cpu_seconds(self.backend_pid)
+        return sum(cpu_seconds(p) for p in self.proxy_pids), cpu_seconds(self.backend_pid)
 
     def start(self) -> None:
         self._start = self._now()
@@ -189,7 +191,7 @@ class CpuMeter:
         proxy, backend = self._now()
         n = max(requests, 1)
         backend_us = (backend - self._start[1]) / n * 1e6
-        proxy_us = (proxy - self._start[0]) / n * 1e6 if self.proxy_pid is not None else backend_us
+        proxy_us = (proxy - self._start[0]) / n * 1e6 if self.proxy_pids else backend_us
         return {"proxy_us": proxy_us, "backend_us": backend_us}
 
 
@@ -250,12 +252,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto",
                         help="load generator (default: wrk if installed, else aiohttp)")
     parser.add_argument("--paths", default="all",
-                        help="comma-separated subset of: api, api-quiet, nginx (direct always runs; default all)")
+                        help="comma-separated subset of: api, api-quiet, api-asgi, api-2, nginx (direct always "
+                             "runs; default all)")
     parser.add_argument("--concurrency", default="1,64", help="comma-separated concurrency levels (default 1,64)")
     args = parser.parse_args(argv)
-    wanted = {"api", "api-quiet", "nginx"} if args.paths == "all" else set(args.paths.split(","))
-    if not wanted <= {"api", "api-quiet", "nginx"}:
-        parser.error("--paths takes api, api-quiet and nginx")
+    every = {"api", "api-quiet", "api-asgi", "api-2", "nginx"}
+    wanted = every if args.paths == "all" else set(args.paths.split(","))
+    if not wanted <= every:
+        parser.error("--paths takes " + ", ".join(sorted(every)))
     levels = [int(c) for c in args.concurrency.split(",")]
     if not 0 < args.seconds <= 120:
         parser.error("--seconds must be in (0, 120]")
@@ -269,42 +273,49 @@ def main(argv: Optional[list[str]] = None) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     tmp = Path(tempfile.mkdtemp(prefix="sgp-bench-"))
     try:
-        backend_port, api_port, api_quiet_port, nginx_port = free_port(), free_port(), free_port(), free_port()
+        backend_port, nginx_port = free_port(), free_port()
         env = {**os.environ, "SGP_INFRA_API_KEYS": f'{{"{KEY}": ["{ACCOUNT}"]}}'}
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "cwd": ROOT}
         procs.append(subprocess.Popen([py, "-m", "sgp_infra", "demo-model", "--port", str(backend_port)], **quiet))
-        stack = stack_file(tmp)
-        for port, extra in ((api_port, []), (api_quiet_port, ["--no-access-log"])):
-            procs.append(subprocess.Popen([py, "-m", "sgp_infra", "serve", "--config-file", str(stack),
-                                           "--port", str(port), "--status", "none", "--log-level", "error",
-                                           "--backend", f"echo=http://127.0.0.1:{backend_port}", *extra], **quiet))
         wait_up(f"http://127.0.0.1:{backend_port}/readyz", procs[0])
-        wait_up(f"http://127.0.0.1:{api_port}/healthz", procs[1])
-        wait_up(f"http://127.0.0.1:{api_quiet_port}/healthz", procs[2])
-        completions = "/v4/models/echo/completions"
         backend_pid = procs[0].pid
-        paths: dict[str, tuple[str, dict[str, str], Optional[int]]] = {
-            "direct": (f"http://127.0.0.1:{backend_port}/predict", {}, None)}
-        if "api" in wanted:
-            paths["api proxy"] = (f"http://127.0.0.1:{api_port}{completions}", {"x-api-key": KEY}, procs[1].pid)
-        if "api-quiet" in wanted:
-            paths["api proxy, no access log"] = (f"http://127.0.0.1:{api_quiet_port}{completions}",
-                                                 {"x-api-key": KEY}, procs[2].pid)
+        stack = stack_file(tmp)
+        completions = "/v4/models/echo/completions"
+        paths: dict[str, tuple[str, dict[str, str], list[int]]] = {
+            "direct": (f"http://127.0.0.1:{backend_port}/predict", {}, [])}
+        # (path key, row name, extra serve flags, processes sharing the port)
+        apis = (("api", "api proxy", [], 1),
+                ("api-quiet", "api proxy, no access log", ["--no-access-log"], 1),
+                ("api-asgi", "api proxy, express lane off (ASGI only)", ["--no-express"], 1),
+                ("api-2", "api proxy, 2 processes (--reuse-port)", ["--reuse-port"], 2))
+        for key, name, extra, count in apis:
+            if key not in wanted:
+                continue
+            port = free_port()
+            started = []
+            for _ in range(count):
+                proc = subprocess.Popen([py, "-m", "sgp_infra", "serve", "--config-file", str(stack),
+                                         "--port", str(port), "--status", "none", "--log-level", "error",
+                                         "--backend", f"echo=http://127.0.0.1:{backend_port}", *extra], **quiet)
+                procs.append(proc)
+                started.append(proc)
+                wait_up(f"http://127.0.0.1:{port}/healthz", proc)
+            paths[name] = (f"http://127.0.0.1:{port}{completions}", {"x-api-key": KEY}, [p.pid for p in started])
         nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
         if nginx and "nginx" in wanted:
             conf = tmp / "nginx.conf"
             conf.write_text(NGINX_CONF.format(dir=tmp, backend=backend_port, port=nginx_port))
             procs.append(subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"], **quiet))
             wait_up(f"http://127.0.0.1:{nginx_port}/readyz", procs[-1])
-            paths["nginx"] = (f"http://127.0.0.1:{nginx_port}/predict", {}, procs[-1].pid)
+            paths["nginx"] = (f"http://127.0.0.1:{nginx_port}/predict", {}, [procs[-1].pid])
         elif "nginx" in wanted:
             print("nginx not found (apt-get install -y nginx); skipping the nginx path", file=sys.stderr)
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT)
         results: dict[tuple[str, int], dict[str, Any]] = {}
         for concurrency in levels:
-            for name, (url, headers, pid) in paths.items():
-                meter = CpuMeter(pid, backend_pid)
+            for name, (url, headers, pids) in paths.items():
+                meter = CpuMeter(pids, backend_pid)
                 if wrk:
                     results[(name, concurrency)] = drive_wrk(wrk, script, url, headers, concurrency, args.seconds,
                                                              meter)

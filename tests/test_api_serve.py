@@ -61,3 +61,53 @@ def test_serve_rejects_malformed_keys_without_echoing_them() -> None:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "key number 1" in done.stderr
     assert "secret-value-xyz" not in done.stderr
+
+
+def _start(port: int, *extra: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SGP_INFRA_API_KEYS"}
+    return subprocess.Popen([sys.executable, "-m", "sgp_infra", "serve", "--stack", "dev", "--port", str(port),
+                             "--status", "none", "--no-access-log", *extra], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_reuse_port_lets_two_serve_processes_share_a_port_and_either_one_answers() -> None:
+    port = free_port()
+    first = _start(port, "--reuse-port")
+    second = None
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert first.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        # Without --reuse-port a second process cannot bind the port ...
+        refused = _start(port)
+        try:
+            assert refused.wait(timeout=30) != 0
+        finally:
+            refused.kill()
+        assert "cannot listen" in (refused.stderr.read() if refused.stderr else "")
+        # ... with it, it can; once the first is gone the second answers on the same port.
+        second = _start(port, "--reuse-port")
+        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while second.poll() is None and time.monotonic() < deadline:
+            first.terminate()
+            first.wait(timeout=10)
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert first.poll() is not None and second.poll() is None, "the second --reuse-port process exited"
+        r = httpx.get(f"http://127.0.0.1:{port}/v4/models", headers={"x-api-key": "sgp-infra-dev-key"}, timeout=5)
+        assert r.status_code == 200 and r.json()["total_item_count"] >= 1  # answered by the second process
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)

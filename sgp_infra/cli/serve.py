@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import socket
 import sys
 from typing import Optional
 
@@ -55,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="answer non-streamed typed inference (completions, chat, embeddings, rerankings) "
                              "at the HTTP protocol level, without the ASGI stack (default on; same answers, "
                              "about half the CPU per request, see docs/inference.md)")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="bind with SO_REUSEPORT, so several serve processes share --port and the kernel "
+                             "spreads connections over them (one process uses one core; in a cluster, scale "
+                             "the Deployment's replicas instead)")
     parser.add_argument("--backend", dest="backends", metavar="MODEL=URL", action="append", type=backend_arg,
                         default=[], help="send MODEL's inference to URL instead of its in-cluster Service "
                                          "(repeatable), e.g. --backend echo=http://127.0.0.1:5005")
@@ -119,6 +124,15 @@ def build_status(kind: str, catalog: Catalog, namespace: Optional[str], backends
                         for m in catalog.models.values()})
 
 
+def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """The service's listening TCP socket, bound here so a taken port is a clear error.
+
+    ``reuse_port`` sets ``SO_REUSEPORT``: other processes may listen on the same port.
+    """
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    return socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port)
+
+
 def tune_gc() -> None:
     """Garbage-collector settings for a long-running request server.
 
@@ -159,12 +173,14 @@ def run(args: argparse.Namespace) -> int:
     status = build_status(args.status, catalog, args.namespace, backends)
     app = create_app(catalog, api_keys=keys, status_source=status, stack=args.stack, backends=backends)
     configure_json_logging(access_log=getattr(args, "access_log", True))
-    print(f"serving {catalog.summary()} on http://{args.host}:{args.port}", file=sys.stderr)
-    tune_gc()
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                    log_level=args.log_level, http=http_protocol(app, express=getattr(args, "express", True)))
+        sock = listening_socket(args.host, args.port, reuse_port=getattr(args, "reuse_port", False))
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    print(f"serving {catalog.summary()} on http://{args.host}:{sock.getsockname()[1]}", file=sys.stderr)
+    tune_gc()
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
+                            log_level=args.log_level, http=http_protocol(app, express=getattr(args, "express", True)))
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
