@@ -68,7 +68,6 @@ class ExpressLane:
         self.index = state.index
         self.keyring = state.keyring
         self.metrics = state.metrics
-        self.limit: int = self.gateway.settings.max_body_bytes
         # Requests go through the ASGI app while OpenTelemetry tracing is on, so they are traced.
         self.telemetry_on = getattr(app, "telemetry_on", lambda: False)
 
@@ -84,11 +83,12 @@ class ExpressLane:
                     prepare: Prepare, params: tuple[str, ...]) -> None:
         """Answer one request, or hand it to ``app`` untouched (see the module docstring)."""
         start = time.perf_counter()
+        limit = self.gateway.settings.max_body_bytes
         if cycle.waiting_for_100_continue:
             await cycle.run_asgi(app)
             return
         while cycle.more_body and not cycle.disconnected:
-            if len(cycle.body) > self.limit:
+            if len(cycle.body) > limit:
                 await cycle.run_asgi(app)  # the route answers 413 as it always does
                 return
             cycle.flow.resume_reading()
@@ -97,9 +97,12 @@ class ExpressLane:
                 cycle.message_event.clear()
         if cycle.disconnected:
             return
-        if len(cycle.body) > self.limit:
+        if len(cycle.body) > limit:
             await cycle.run_asgi(app)
             return
+        # uvicorn stops reading past 64 KiB of body; read on, as ``receive()`` does, so that a
+        # client that leaves while the model works is seen (``connection_lost``) at once.
+        cycle.flow.resume_reading()
         scope = cycle.scope
         try:
             response = await self._answer(protocol, scope["headers"], cycle.body, prepare, params)
@@ -117,11 +120,13 @@ class ExpressLane:
                       prepare: Prepare, params: tuple[str, ...]) -> Optional[Response]:
         """The response, or ``None`` if the ASGI app should answer (a streamed call)."""
         key = selected = None
-        for name, value in headers:
+        for name, value in headers:  # the first of repeated headers counts, as in Starlette's ``Headers``
             if name == b"x-api-key":
-                key = value.decode("latin-1")
+                if key is None:
+                    key = value.decode("latin-1")
             elif name == b"x-selected-account-id":
-                selected = value.decode("latin-1")
+                if selected is None:
+                    selected = value.decode("latin-1")
         try:
             who = authenticate(self.keyring, key, selected)
             t = prepare(self.index, who, params, decode_body(body))
