@@ -20,6 +20,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(proc: subprocess.Popen[str], port: int) -> None:
+    """Return once ``serve`` answers /readyz on ``port``; fail if it exits or takes over 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+        time.sleep(0.1)
+
+
 def test_serve_dev_stack_with_the_dev_key() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "SGP_INFRA_API_KEYS"}
@@ -27,15 +40,7 @@ def test_serve_dev_stack_with_the_dev_key() -> None:
                              "--status", "none"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.1)
+        wait_ready(proc, port)
         client = scale_gp_beta.SGPClient(api_key="sgp-infra-dev-key", account_id="dev-account",
                                          base_url=f"http://127.0.0.1:{port}", max_retries=0)
         assert sorted(m.name for m in client.models.list()) == ["echo", "t4-embedder"]
@@ -75,15 +80,7 @@ def test_reuse_port_lets_two_serve_processes_share_a_port_and_either_one_answers
     first = _start(port, "--reuse-port")
     second = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert first.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.1)
+        wait_ready(first, port)
         # Without --reuse-port a second process cannot bind the port ...
         refused = _start(port)
         try:

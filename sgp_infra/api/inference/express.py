@@ -52,7 +52,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from ..auth import authenticate
 from ..errors import ApiError, error_response, unexpected_error
 from .fast import match_fast_route
-from .gateway import ClientGone
+from .gateway import unless_gone
 from .routes import TYPED_ROUTES, Prepare, decode_body, typed
 
 #: Response-phase status of a request whose client left: logged and counted, never sent.
@@ -189,16 +189,7 @@ class ExpressProtocol(HttpToolsProtocol):
         assert task is not None
         self._guarded = task
         try:
-            return await work
-        except asyncio.CancelledError:
-            if self._gone and task.uncancel() == 0:
-                raise ClientGone() from None
-            raise
-        except Exception:
-            if self._gone:  # the client left while ``work`` was failing: nobody to tell
-                task.uncancel()
-                raise ClientGone() from None
-            raise
+            return await unless_gone(task, work, lambda: self._gone)
         finally:
             self._guarded = None
 

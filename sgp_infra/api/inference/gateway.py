@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Mapping, Optional, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Optional, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -214,6 +214,25 @@ class _DisconnectWatch:
                 return
 
 
+async def unless_gone(task: "asyncio.Task[Any]", work: Awaitable[T], gone: Callable[[], bool]) -> T:
+    """Await ``work`` in ``task``, whose disconnect watcher cancels it when the client leaves.
+
+    Once ``gone()``, that cancellation, or a failure it caused, becomes
+    :class:`ClientGone`; any other cancellation (server shutdown) propagates.
+    """
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone() and task.uncancel() == 0:
+            raise ClientGone() from None
+        raise
+    except Exception:
+        if gone():  # the client left while ``work`` was failing: nobody to tell
+            task.uncancel()
+            raise ClientGone() from None
+        raise
+
+
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Run ``work``; cancel it (and raise :class:`ClientGone`) if the client leaves first.
 
@@ -232,16 +251,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     watch = _DisconnectWatch(task, request.receive)
     timer = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_DELAY, watch.start)
     try:
-        return await work
-    except asyncio.CancelledError:
-        if watch.gone and task.uncancel() == 0:
-            raise ClientGone() from None
-        raise
-    except Exception:
-        if watch.gone:  # the client left while ``work`` was failing: nobody to tell
-            task.uncancel()
-            raise ClientGone() from None
-        raise
+        return await unless_gone(task, work, lambda: watch.gone)
     finally:
         timer.cancel()
         if watch.listener is not None:
