@@ -804,12 +804,21 @@ def test_client_disconnect_cancels_the_backend_request(servers: Servers, api: Ap
 
 def test_client_that_leaves_mid_body_reaches_no_backend(servers: Servers, api: Api) -> None:
     requests = servers.hang.requests
+    before = api.metrics()
     with Raw(api.url) as raw:
         body = json.dumps({"prompt": "partial"}).encode()
         raw.send(request_bytes("POST", "/v4/models/hang/completions", body)[:-5])  # 5 bytes short
         time.sleep(0.2)
     assert api.in_flight("hang") == 0, "a request whose body never completed was admitted"
     assert servers.hang.requests == requests, "a request whose body never completed reached the backend"
+
+    def counted(status: str) -> float:
+        return sample(api.metrics(), "sgp_infra_api_requests_total", route=COMPLETIONS, status=status) \
+            - sample(before, "sgp_infra_api_requests_total", route=COMPLETIONS, status=status)
+
+    # Both paths count it as a 499 (the client left), never as a 500 with a logged traceback.
+    assert wait_for(lambda: counted("499") == 1, 5), f"express={api.express}: no 499 counted"
+    assert counted("500") == 0
     r = httpx.post(f"{api.url}/v4/models/sgp-echo/completions", json={"prompt": "ok"}, headers=HEADERS, timeout=30)
     assert r.status_code == 200
 

@@ -53,11 +53,7 @@ from ..auth import authenticate
 from ..errors import ApiError, error_response, unexpected_error
 from .fast import match_fast_route
 from .gateway import unless_gone
-from .routes import TYPED_ROUTES, Prepare, decode_body, typed
-
-#: Response-phase status of a request whose client left: logged and counted, never sent.
-CLIENT_GONE = 499
-
+from .routes import CLIENT_GONE, TYPED_ROUTES, Prepare, decode_body, typed
 
 class ExpressLane:
     """What the protocol needs of one app: its catalogue index, keys, gateway and metrics."""
@@ -95,7 +91,8 @@ class ExpressLane:
             await cycle.message_event.wait()
             if cycle.more_body:  # left set once the body is complete, for ``receive()``
                 cycle.message_event.clear()
-        if cycle.disconnected:
+        if cycle.disconnected:  # left before sending the whole body: counted, as the route counts it
+            self.metrics.record("POST", cycle.scope["path"], template, CLIENT_GONE, time.perf_counter() - start)
             return
         if len(cycle.body) > limit:
             await cycle.run_asgi(app)

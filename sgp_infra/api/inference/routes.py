@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Literal, NamedTuple,
 import jsonschema
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from ...catalog import Model
@@ -43,6 +44,8 @@ FAST_ROUTES: set[str] = set()
 #: The last segment of a v4 typed route → its template.
 V4_FAST_OPS: dict[str, str] = {}
 
+#: The status logged and counted for a request whose client left (nginx's convention); never sent.
+CLIENT_GONE = 499
 MAX_TIMEOUT_SECONDS = 3600
 MAX_RETRIES = 5
 
@@ -67,10 +70,13 @@ async def read_body(request: Request) -> dict[str, Any]:
     if length and length.isdigit() and int(length) > limit:
         raise ApiError(413, f"request body of {length} bytes is over the {limit}-byte limit")
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise ApiError(413, f"request body is over the {limit}-byte limit")
+    try:
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise ApiError(413, f"request body is over the {limit}-byte limit")
+    except ClientDisconnect:
+        raise ApiError(CLIENT_GONE, "the client disconnected before sending the whole body") from None
     return decode_body(buf)
 
 
@@ -134,7 +140,7 @@ async def _run(gw: Gateway, guard: Guard, model: Model, operation: str, work: Ca
         return api_error(502, f"model '{model.name}' answered a body of the wrong shape: {exc}")
     except ClientGone:
         slot.finish(499, "client_disconnect")
-        return Response(status_code=499)
+        return Response(status_code=CLIENT_GONE)
     except BaseException as exc:
         slot.finish(500, type(exc).__name__)
         raise
