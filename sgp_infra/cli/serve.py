@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--express", action=argparse.BooleanOptionalAction, default=True,
                         help="answer non-streamed typed inference (completions, chat, embeddings, rerankings) "
                              "at the HTTP protocol level, without the ASGI stack (default on; same answers, "
-                             "about half the CPU per request, see docs/inference.md)")
+                             "about a third less CPU per request, see docs/inference.md)")
     parser.add_argument("--reuse-port", action="store_true",
                         help="bind with SO_REUSEPORT, so several serve processes share --port and the kernel "
                              "spreads connections over them (one process uses one core; in a cluster, scale "
@@ -169,18 +169,18 @@ def run(args: argparse.Namespace) -> int:
     keys = resolve_keys(catalog, args.host)
     if keys is None:
         return EXIT_USAGE
-    backends: dict[str, str] = dict(getattr(args, "backends", None) or {})
+    backends: dict[str, str] = dict(args.backends)
     status = build_status(args.status, catalog, args.namespace, backends)
     app = create_app(catalog, api_keys=keys, status_source=status, stack=args.stack, backends=backends)
-    configure_json_logging(access_log=getattr(args, "access_log", True))
+    configure_json_logging(access_log=args.access_log)
     try:
-        sock = listening_socket(args.host, args.port, reuse_port=getattr(args, "reuse_port", False))
+        sock = listening_socket(args.host, args.port, reuse_port=args.reuse_port)
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
     print(f"serving {catalog.summary()} on http://{args.host}:{sock.getsockname()[1]}", file=sys.stderr)
     tune_gc()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                            log_level=args.log_level, http=http_protocol(app, express=getattr(args, "express", True)))
+                            log_level=args.log_level, http=http_protocol(app, express=args.express))
     uvicorn.Server(config).run(sockets=[sock])
     return 0

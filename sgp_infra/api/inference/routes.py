@@ -139,7 +139,7 @@ async def _run(gw: Gateway, guard: Guard, model: Model, operation: str, work: Ca
         slot.finish(502, "bad_response")
         return api_error(502, f"model '{model.name}' answered a body of the wrong shape: {exc}")
     except ClientGone:
-        slot.finish(499, "client_disconnect")
+        slot.finish(CLIENT_GONE, "client_disconnect")
         return Response(status_code=CLIENT_GONE)
     except BaseException as exc:
         slot.finish(500, type(exc).__name__)
@@ -155,7 +155,7 @@ def _stream_response(slot: Slot, upstream: Upstream, chunks: AsyncIterator[bytes
         try:
             await upstream.aclose()
         finally:
-            slot.finish(499 if disconnected else 200, "client_disconnect" if disconnected else None)
+            slot.finish(CLIENT_GONE if disconnected else 200, "client_disconnect" if disconnected else None)
 
     return ProxyStream(guarded_stream(slot, chunks), on_close, media_type=media_type)
 
