@@ -15,51 +15,32 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import access_line
+from .series import CounterSeries, HistogramSeries
 
 access_log = logging.getLogger("sgp_infra.api.access")
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def cached_labels(metric: Any) -> Callable[..., Any]:
-    """``metric.labels(*values)``, memoised per label tuple.
-
-    ``labels()`` takes a lock and rebuilds and validates the label tuple on
-    every call; the child it returns lives as long as the metric (nothing here
-    removes children), so the hot paths keep it.  Values must be strings, as
-    ``labels()`` would turn them into.
-    """
-    children: dict[tuple[str, ...], Any] = {}
-
-    def child(*values: str) -> Any:
-        found = children.get(values)
-        if found is None:
-            found = children[values] = metric.labels(*values)
-        return found
-
-    return child
-
-
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("sgp_infra_api_requests_total", "HTTP requests answered, by route and status",
-                                ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("sgp_infra_api_request_duration_seconds", "Time to answer a request, by route",
-                                 ["method", "route"], buckets=BUCKETS, registry=self.registry)
-        self.requests_of = cached_labels(self.requests)
-        self.latency_of = cached_labels(self.latency)
+        # Plain-number series, not prometheus_client's Counter and Histogram: see ``series``.
+        self.requests = CounterSeries("sgp_infra_api_requests_total", "HTTP requests answered, by route and status",
+                                      ["method", "route", "status"], registry=self.registry)
+        self.latency = HistogramSeries("sgp_infra_api_request_duration_seconds",
+                                       "Time to answer a request, by route", ["method", "route"], BUCKETS,
+                                       registry=self.registry)
 
     def record(self, method: str, path: str, route: str, status: int, elapsed: float) -> None:
         """Count one answered request, observe its latency and write its access line."""
-        self.requests_of(method, route, str(status)).inc()
-        self.latency_of(method, route).observe(elapsed)
+        self.requests.inc((method, route, status))
+        self.latency.observe((method, route), elapsed)
         if access_log.isEnabledFor(logging.INFO):
             access_line({"method": method, "path": path, "route": route, "status": status,
                          "duration_ms": round(elapsed * 1000, 3)})

@@ -49,9 +49,9 @@ class Slot:
         self.done = True
         g, label = self.gateway, self.model.object_name
         g.in_flight[label] -= 1  # also the in-flight gauge (metrics.InFlightGauge reads it)
-        g.metrics.requests_of(label, self.operation, str(code)).inc()
+        g.metrics.requests.inc((label, self.operation, code))
         if error_kind:
-            g.metrics.errors_of(label, error_kind).inc()
+            g.metrics.errors.inc((label, error_kind))
 
 
 class Gateway:
@@ -93,8 +93,8 @@ class Gateway:
         cap = self.settings.in_flight_cap(model)
         current = self.in_flight.get(label, 0)
         if current >= cap:
-            self.metrics.requests_of(label, operation, "429").inc()
-            self.metrics.errors_of(label, "over_capacity").inc()
+            self.metrics.requests.inc((label, operation, 429))
+            self.metrics.errors.inc((label, "over_capacity"))
             raise UpstreamError(429, "over_capacity", f"model '{model.name}' already has {current} requests in "
                                 f"flight, its limit (per_worker {model.per_worker} x max_workers "
                                 f"{model.max_workers}); retry shortly", 1)
@@ -120,8 +120,8 @@ class Gateway:
             return trust_status and status_ready(self.status.get(key))
 
         ok = await self.waker.wait(key, ready_now, lambda: self.forwarder.probe(health), timeout,
-                                   on_start=self.metrics.wakeups.labels(key).inc)
-        self.metrics.cold_start_wait.labels(key).observe(time.perf_counter() - started)
+                                   on_start=lambda: self.metrics.wakeups.inc((key,)))
+        self.metrics.cold_start_wait.observe((key,), time.perf_counter() - started)
         if not ok:
             raise UpstreamError(503, "cold_start_timeout", f"model '{model.name}' has no ready pods and did not "
                                 f"become ready within {timeout:g} s; it may still be starting",

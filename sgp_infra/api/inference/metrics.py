@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..metrics import cached_labels
+from ..series import CounterSeries, HistogramSeries
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0)
@@ -55,20 +55,17 @@ class InferenceMetrics:
         self.in_flight_counts: dict[str, int] = {}
         self.in_flight = InFlightGauge(self.in_flight_counts)
         registry.register(self.in_flight)
-        self.requests = Counter("sgp_infra_model_requests_total", "Inference requests answered, by outcome",
-                                ["model", "operation", "code"], registry=registry)
-        self.errors = Counter("sgp_infra_model_errors_total", "Inference failures, by kind", ["model", "kind"],
-                              registry=registry)
-        self.upstream_latency = Histogram("sgp_infra_model_upstream_latency_seconds",
-                                          "Time from sending a request to a model until its response headers",
-                                          ["model"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.cold_start_wait = Histogram("sgp_infra_model_cold_start_wait_seconds",
-                                         "Time requests were held waiting for a model with no ready pods",
-                                         ["model"], buckets=COLD_BUCKETS, registry=registry)
-        self.wakeups = Counter("sgp_infra_model_wakeups_total",
-                               "Cold-start wake-ups started (concurrent waiters share one)", ["model"],
-                               registry=registry)
-        # Children memoised for the per-request paths (see ``cached_labels``).
-        self.requests_of = cached_labels(self.requests)
-        self.errors_of = cached_labels(self.errors)
-        self.upstream_latency_of = cached_labels(self.upstream_latency)
+        # Plain-number series, not prometheus_client's Counter and Histogram: see ``..series``.
+        self.requests = CounterSeries("sgp_infra_model_requests_total", "Inference requests answered, by outcome",
+                                      ["model", "operation", "code"], registry=registry)
+        self.errors = CounterSeries("sgp_infra_model_errors_total", "Inference failures, by kind",
+                                    ["model", "kind"], registry=registry)
+        self.upstream_latency = HistogramSeries("sgp_infra_model_upstream_latency_seconds",
+                                                "Time from sending a request to a model until its response headers",
+                                                ["model"], LATENCY_BUCKETS, registry=registry)
+        self.cold_start_wait = HistogramSeries("sgp_infra_model_cold_start_wait_seconds",
+                                               "Time requests were held waiting for a model with no ready pods",
+                                               ["model"], COLD_BUCKETS, registry=registry)
+        self.wakeups = CounterSeries("sgp_infra_model_wakeups_total",
+                                     "Cold-start wake-ups started (concurrent waiters share one)", ["model"],
+                                     registry=registry)

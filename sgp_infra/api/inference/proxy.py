@@ -209,7 +209,7 @@ class Forwarder:
             except BaseException:  # cancelled (the client left, shutdown): the connection is in an unknown state
                 conn.abort()
                 raise
-            self.metrics.upstream_latency_of(label).observe(time.perf_counter() - started)
+            self.metrics.upstream_latency.observe((label,), time.perf_counter() - started)
             upstream = Upstream(label, conn, timeouts)
             status = upstream.status
             if status == 503 and attempt < retries:
