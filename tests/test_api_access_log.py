@@ -4,6 +4,7 @@ either way."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -101,3 +102,80 @@ def test_without_json_logging_the_line_is_an_ordinary_record(caplog: pytest.LogC
         logs.access_line(FIELDS)
     record = next(r for r in caplog.records if r.name == logs.ACCESS_LOGGER)
     assert record.getMessage() == "request" and record.status == 200  # type: ignore[attr-defined]
+
+
+class CountingStream(io.StringIO):
+    """A log stream that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_in_an_event_loop_one_turns_lines_are_written_together(json_logging: io.StringIO) -> None:
+    json_handler_only()
+    handler = logs._only_json_handler(logging.getLogger(logs.ACCESS_LOGGER))
+    assert handler is not None
+    stream = handler.stream = CountingStream()
+    seen: list[tuple[int, str]] = []
+
+    async def main() -> None:
+        for status in (200, 404, 499):
+            logs.access_line({**FIELDS, "status": status})
+        seen.append((stream.writes, stream.getvalue()))  # still waiting: the turn has not ended
+        await asyncio.sleep(0)
+        seen.append((stream.writes, stream.getvalue()))
+        logs.access_line({**FIELDS, "status": 201})  # the next turn starts a new batch
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert seen[0] == (0, "")
+    writes, text = seen[1]
+    assert writes == 1 and [json.loads(line)["status"] for line in text.splitlines()] == [200, 404, 499]
+    assert stream.writes == 2 and [json.loads(line)["status"] for line in stream.getvalue().splitlines()] == \
+        [200, 404, 499, 201]
+
+
+def test_lines_left_by_a_stopped_loop_are_flushed(json_logging: io.StringIO) -> None:
+    """A loop that stops before its turn ends (a server shutting down) loses nothing:
+    ``serve`` flushes when the server returns, and so does the interpreter at exit."""
+    json_handler_only()
+    loop = asyncio.new_event_loop()
+
+    def last_turn() -> None:
+        logs.access_line(FIELDS)
+        loop.stop()  # this turn is the loop's last: the flush it scheduled never runs
+
+    try:
+        loop.call_soon(last_turn)
+        loop.run_forever()
+    finally:
+        loop.close()
+    assert json_logging.getvalue() == ""  # the loop closed before running the scheduled flush
+    logs.flush_access_lines()
+    assert [line["status"] for line in lines(json_logging)] == [200]
+
+
+def test_a_new_handler_mid_turn_keeps_the_order(json_logging: io.StringIO) -> None:
+    """Logging reconfigured while lines wait: they go to the handler they were formatted for, first."""
+    json_handler_only()
+    first = json_logging
+    later = io.StringIO()
+
+    async def main() -> None:
+        logs.access_line({**FIELDS, "status": 200})
+        root = logging.getLogger("sgp_infra")
+        replacement = logs.JsonHandler(later)
+        replacement.setFormatter(logs.JsonFormatter())
+        root.handlers[:] = [replacement]
+        logs.access_line({**FIELDS, "status": 404})
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert [line["status"] for line in lines(first)] == [200]
+    assert [json.loads(line)["status"] for line in later.getvalue().splitlines()] == [404]
+

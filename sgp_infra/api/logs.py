@@ -9,13 +9,19 @@ would reach: the same line, in the same bytes, as ``logging`` would write,
 without building a ``LogRecord`` and walking the handler machinery (about a
 quarter of the cost).  With any other logging setup (another handler, a
 filter, pytest's log capture) it goes through ``logging`` as before.
+Inside the event loop, the lines of one loop turn are written together when
+the turn ends (one write and one flush for all of them; see ``_Batch``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
+import threading
 import time
+import weakref
 from typing import Any, Optional
 
 import orjson
@@ -89,8 +95,78 @@ def _only_json_handler(logger: logging.Logger) -> Optional[JsonHandler]:
     return found
 
 
+class _Batch:
+    """The access lines of one event-loop turn, written to their handler together when it ends.
+
+    Per thread (each thread runs its own loop, if any).  A line joins the
+    batch and the first line of a turn schedules :meth:`flush` with
+    ``call_soon``; so under load one write and one flush carry every request
+    finished in that turn, where each line used to take the handler's lock,
+    a write and a flush of its own.  Lines are written in the order they were
+    logged; nothing waits longer than the loop's current turn.
+    """
+
+    def __init__(self) -> None:
+        self.handler: Optional[JsonHandler] = None
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.lines: list[bytes] = []
+
+    def add(self, handler: JsonHandler, line: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        if handler is not self.handler or loop is not self.loop:
+            self.flush()  # another handler (reconfigured logging) or loop: keep the order, start anew
+            self.handler = handler
+        if not self.lines:
+            self.loop = loop
+            loop.call_soon(self.flush)
+        self.lines.append(line)
+
+    def flush(self) -> None:
+        """Write the waiting lines now (also run at exit, for a loop stopped before its turn ended)."""
+        lines, handler = self.lines, self.handler
+        self.lines, self.loop = [], None
+        if lines and handler is not None:
+            _write(handler, b"".join(lines).decode())
+
+
+_batches = threading.local()
+_every_batch: "weakref.WeakSet[_Batch]" = weakref.WeakSet()
+
+
+def _batch() -> _Batch:
+    batch: Optional[_Batch] = getattr(_batches, "batch", None)
+    if batch is None:
+        batch = _batches.batch = _Batch()
+        _every_batch.add(batch)
+    return batch
+
+
+@atexit.register
+def flush_access_lines() -> None:
+    """Write every waiting access line now (``serve`` calls it when the server stops; also run at exit)."""
+    for batch in list(_every_batch):
+        batch.flush()
+
+
+def _write(handler: JsonHandler, text: str) -> None:
+    try:
+        handler.acquire()
+        try:
+            handler.stream.write(text)
+            handler.flush()
+        finally:
+            handler.release()
+    except Exception:  # noqa: BLE001 - as StreamHandler.emit: a failing log stream must not fail the request
+        handler.handleError(_access.makeRecord(ACCESS_LOGGER, logging.INFO, "(unknown file)", 0, "request", (),
+                                               None))
+
+
 def access_line(fields: dict[str, Any]) -> None:
-    """Log the per-request ``request`` line with ``fields`` at INFO on ``sgp_infra.api.access``."""
+    """Log the per-request ``request`` line with ``fields`` at INFO on ``sgp_infra.api.access``.
+
+    Straight to the JSON handler when it is the only one the line reaches;
+    inside a running event loop the line then waits for the end of the loop's
+    turn and is written with the others of that turn (:class:`_Batch`).
+    """
     logger = _access
     if not logger.isEnabledFor(logging.INFO):
         return
@@ -103,17 +179,13 @@ def access_line(fields: dict[str, Any]) -> None:
     # LogRecord's own millisecond rule, so the line is the one logging would have written.
     stamp = formatter._time_at(created, int((created - int(created)) * 1000))
     line = orjson.dumps({"time": stamp, "level": "info", "logger": ACCESS_LOGGER, "message": "request",
-                         **fields}, default=str).decode()
+                         **fields}, default=str) + handler.terminator.encode()
     try:
-        handler.acquire()
-        try:
-            handler.stream.write(line + handler.terminator)
-            handler.flush()
-        finally:
-            handler.release()
-    except Exception:  # noqa: BLE001 - as StreamHandler.emit: a failing log stream must not fail the request
-        handler.handleError(logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, "request", (),
-                                              None, extra=fields))
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no event loop in this thread: nothing would end a turn
+        _write(handler, line.decode())
+        return
+    _batch().add(handler, line, loop)
 
 
 def configure_json_logging(level: int = logging.INFO, *, access_log: bool = True) -> None:

@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..api import create_app, http_protocol
-        from ..api.logs import configure_json_logging
+        from ..api.logs import configure_json_logging, flush_access_lines
     except ImportError as exc:
         print(f"error: serving needs the api extra ({exc.name} is missing): pip install 'sgp-infra[api]'",
               file=sys.stderr)
@@ -182,5 +182,8 @@ def run(args: argparse.Namespace) -> int:
     tune_gc()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
                             log_level=args.log_level, http=http_protocol(app, express=args.express))
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        flush_access_lines()
     return 0
