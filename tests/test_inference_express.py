@@ -532,6 +532,72 @@ def test_a_root_path_sends_typed_calls_through_the_asgi_app(servers: Servers) ->
     assert seen == [("POST", "/api/v4/models/sgp-echo/completions")]
 
 
+@pytest.mark.parametrize("url, path", [
+    ("/v4/models/sgp-echo/completions?trace=1", "/v4/models/sgp-echo/completions"),
+    ("/v4/models/sgp%2Decho/completions", "/v4/models/sgp-echo/completions"),
+], ids=["query-string", "percent-encoded"])
+def test_urls_are_routed_as_uvicorn_routes_them(servers: Servers, url: str, path: str,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The lane routes the raw URL itself: a query string or an escape must not change the answer,
+    the access line's path or the metrics' route."""
+    before = servers.express.saw(path)
+    logged = []
+    for api in servers.both():
+        with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+            caplog.clear()
+            with httpx.Client(base_url=api.url, headers=HEADERS, timeout=30) as client:
+                r = client.send(client.build_request("POST", api.url + url, json={"prompt": "q"}))
+            logged.append([(getattr(x, "path", None), getattr(x, "route", None), getattr(x, "status", None))
+                           for x in caplog.records if x.name == ACCESS_LOGGER])
+        assert r.status_code == 200 and r.json()["completions"] == [["q", [GREETING + "q"]]], r.text
+    assert logged[0] == logged[1] == [(path, COMPLETIONS, 200)]
+    assert servers.express.saw(path) == before, "the lane should have answered it"
+
+
+def test_route_memory_is_bounded_and_routing_stays_right(servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sgp_infra.api.inference import express
+
+    lane = express.ExpressLane(servers.express.app)
+    monkeypatch.setattr(express, "ROUTE_CACHE_SIZE", 3)
+    urls = [f"/v4/models/m{i}/completions".encode() for i in range(10)]
+    for _round in range(2):
+        for i, url in enumerate(urls):
+            hit = lane.route(url)
+            assert hit is not None and hit[0] == COMPLETIONS and hit[2] == (f"m{i}",) and hit[3] == url.decode()
+    assert len(lane._routes) == 3
+    for other in (b"/v4/models", b"/healthz", b"/v4/models/m1/deployments/d/execute", b"/v5/inference",
+                  b"/v4/models/\xff/completions"):
+        assert lane.route(other) is None, other
+
+
+def test_a_typed_call_pipelined_behind_a_held_one_waits_for_it(servers: Servers) -> None:
+    """The lane answers one request at a time per connection; the next waits in uvicorn's pipeline and
+    goes through the ASGI app, and the answers come back in order."""
+    path = "/v4/models/sgp-echo/completions"
+    api = servers.express
+    before = api.saw(path)
+    with Raw(api.url) as raw:
+        raw.send(post("/v4/models/busy/completions", {"prompt": "first"}) + post(path, {"prompt": "second"}))
+        first, second = raw.response(), raw.response()
+    assert first.status == 503 and first.header("retry-after") == "7"
+    assert second.status == 200 and second.json()["completions"] == [["second", [GREETING + "second"]]]
+    assert api.saw(path) == before + 1
+
+
+def test_a_client_leaving_during_a_handed_over_stream_cancels_it(servers: Servers) -> None:
+    """A streamed call the lane handed to the ASGI app: the client leaving still cancels the backend call."""
+    hang, model = servers.hang, CATALOG.models["hang"].object_name
+    api = servers.express
+    requests, dropped = hang.requests, hang.dropped
+    with Raw(api.url) as raw:
+        raw.send(post("/v4/models/hang/completions", {"prompt": "x", "stream": True}))
+        assert wait_for(lambda: hang.requests == requests + 1, 10), "the backend never got the request"
+        assert api.in_flight("hang") == 1
+    assert wait_for(lambda: api.in_flight("hang") == 0, 5), "the stream was not cancelled"
+    assert wait_for(lambda: hang.dropped == dropped + 1, 5), "the backend request was not cancelled"
+    assert f'sgp_infra_model_requests_in_flight{{model="{model}"}} 0.0' in api.metrics()
+
+
 # === 3. fallbacks ==================================================================================
 
 

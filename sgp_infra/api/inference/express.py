@@ -1,50 +1,59 @@
 """The express lane: non-streamed typed inference answered at the HTTP protocol level.
 
 Why: with every other cost cut, a proxied completion still spent most of the
-API's CPU in the ASGI machinery around it: uvicorn's request cycle turning
-ASGI messages into bytes, Starlette's and FastAPI's middleware stack, the
-``Request`` and ``Response`` objects.  On the two-core benchmark machine that
-held the proxy near a quarter of direct throughput (``docs/inference.md``,
+API's CPU in the machinery around it: first the ASGI stack (Starlette's and
+FastAPI's middleware, the ``Request`` and ``Response`` objects), then, once
+that was bypassed, uvicorn's per-request objects (the ASGI scope, the request
+cycle and its event, the URL parse).  On the two-core benchmark machine each
+held the proxy further below direct throughput (``docs/inference.md``,
 Benchmark).
 
-What: :class:`ExpressProtocol` *is* uvicorn's httptools protocol (keep-alive,
-pipelining, flow control, limits, timeouts and graceful shutdown all stay
-uvicorn's), with one change.  Where uvicorn would start the ASGI app for a
-request, a ``POST`` to one of :data:`~.routes.TYPED_ROUTES` (v4 completions,
-chat-completions, embeddings, rerankings; v5 chat/completions and
-completions) runs :meth:`ExpressLane.serve` instead, which
+What: :class:`ExpressProtocol` *is* uvicorn's httptools protocol (connection
+handling, keep-alive timeout, pipelining queue, flow control and graceful
+shutdown all stay uvicorn's), with one change.  When a request's headers are
+complete and it is a ``POST`` to one of :data:`~.routes.TYPED_ROUTES` (v4
+completions, chat-completions, embeddings, rerankings; v5 chat/completions and
+completions), and nothing asks for the general path (no earlier request still
+being answered on the connection, no ``Expect: 100-continue``, no root path,
+no OpenTelemetry provider, no upgrade), the protocol takes the request as a
+:class:`LeanRequest` instead of building uvicorn's scope and request cycle:
+it keeps the body, and when the body is complete :meth:`ExpressLane.serve`
 
-1. waits for the body inside uvicorn's request cycle *without taking it*;
-2. hands the request to the ASGI app exactly as uvicorn would have (nothing
-   consumed, same behaviour) when the call streams, the body is over the
-   limit, the client sent ``Expect: 100-continue``, the server has a root
-   path, or an OpenTelemetry provider is configured (FastAPI traces requests
-   then);
-3. otherwise authenticates, checks and forwards with the very functions the
-   FastAPI routes use (:func:`~..auth.authenticate`,
-   :data:`~.routes.TYPED_ROUTES`, :func:`~.routes.typed`), writes the
-   response's bytes itself, and records the same request metrics and access
-   line as :class:`~..metrics.MetricsMiddleware`.
+1. authenticates, checks and forwards with the very functions the FastAPI
+   routes use (:func:`~..auth.authenticate`, :data:`~.routes.TYPED_ROUTES`,
+   :func:`~.routes.typed`);
+2. writes the response's bytes itself and records the same request metrics
+   and access line as :class:`~..metrics.MetricsMiddleware`.
+
+A request that turns out to need the ASGI app (the call streams, or the body
+goes over the limit, which the route answers with 413) is handed over *as
+uvicorn would have built it*: the lean request becomes a uvicorn request cycle
+with the same scope and the body read so far (:meth:`ExpressProtocol._to_asgi`),
+and the app answers it as it answers every other request.
 
 So the answers, errors (``ApiError`` shape, 429, 502-504, ``Retry-After``),
 in-flight accounting and cold-start holds are those of the routes; only the
 plumbing between the socket and them is shorter.  A client that disconnects
 cancels the backend request at once: :meth:`ExpressProtocol.connection_lost`
-cancels the guarded work.
+cancels the guarded work, and a client that leaves before its body is
+complete is counted as 499, as the route counts it.
 
-Coupling: this subclasses uvicorn's ``HttpToolsProtocol`` and uses its
-request cycle's fields (``body``, ``more_body``, ``message_event``,
-``keep_alive``, ``response_complete``, ``on_response``).  ``pyproject.toml``
-bounds uvicorn to the versions the tests ran on; ``serve --no-express`` turns
-the lane off.
+Coupling: this subclasses uvicorn's ``HttpToolsProtocol``; it overrides the
+parser callbacks and hands requests over through ``RequestResponseCycle``,
+whose scope it builds the way ``on_message_begin``/``on_headers_complete``
+do.  ``pyproject.toml`` bounds uvicorn to the versions the tests ran on
+(``tests/test_inference_express.py`` compares every observable with uvicorn's
+own protocol); ``serve --no-express`` turns the lane off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from typing import Any, ClassVar, Optional
 
+import httptools
 from fastapi import FastAPI
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
@@ -54,6 +63,48 @@ from ..errors import ApiError, error_response, unexpected_error
 from .fast import match_fast_route
 from .gateway import unless_gone
 from .routes import CLIENT_GONE, TYPED_ROUTES, Prepare, decode_body, typed
+
+#: What the lane keeps of a typed route's URL: (template, checks, path parameters, path, raw path, query).
+Hit = tuple[str, Prepare, tuple[str, ...], str, bytes, bytes]
+#: Distinct URLs whose routing is remembered (model names make URLs open-ended; past this, each is routed anew).
+ROUTE_CACHE_SIZE = 4096
+
+
+class _NoEvent:
+    """A lean request's ``message_event``: uvicorn's ``connection_lost`` sets it; nothing waits on it."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_EVENT = _NoEvent()
+
+
+class LeanRequest(RequestResponseCycle):
+    """A request the lane answers: only what the lane and uvicorn's protocol read of a cycle.
+
+    It stands in ``protocol.cycle`` while it is answered, so uvicorn's own
+    checks (is a response in progress? ``connection_lost``, ``shutdown``)
+    see it as they would see a cycle.  :meth:`ExpressProtocol._to_asgi` makes
+    it a full ``RequestResponseCycle`` when the ASGI app must answer.
+    """
+
+    def __init__(self, hit: Hit, headers: list[tuple[bytes, bytes]], http_version: str, keep_alive: bool,
+                 start: float):  # noqa: D107 - deliberately not RequestResponseCycle.__init__ (see the class)
+        self.hit = hit
+        self.headers = headers
+        self.http_version = http_version
+        self.keep_alive = keep_alive
+        self.start = start
+        self.body = bytearray()
+        self.more_body = True
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.message_event = _NO_EVENT  # type: ignore[assignment]
+
 
 class ExpressLane:
     """What the protocol needs of one app: its catalogue index, keys, gateway and metrics."""
@@ -66,52 +117,33 @@ class ExpressLane:
         self.metrics = state.metrics
         # Requests go through the ASGI app while OpenTelemetry tracing is on, so they are traced.
         self.telemetry_on = getattr(app, "telemetry_on", lambda: False)
+        self._routes: dict[bytes, Optional[Hit]] = {}
 
-    def route(self, path: str) -> Optional[tuple[str, Prepare, tuple[str, ...]]]:
-        """``(route template, its checks, path parameters)`` for a typed route, else ``None``."""
-        hit = match_fast_route(path)
+    def route(self, url: bytes) -> Optional[Hit]:
+        """The typed route ``url`` asks for, else ``None`` (remembered per URL; see :data:`ROUTE_CACHE_SIZE`)."""
+        hit = self._routes.get(url, False)
+        if hit is False:
+            hit = _route_url(url)
+            if len(self._routes) < ROUTE_CACHE_SIZE:
+                self._routes[url] = hit
         if hit is None or self.telemetry_on():
             return None
-        prepare = TYPED_ROUTES.get(hit[0])
-        return None if prepare is None else (hit[0], prepare, hit[1])
+        return hit
 
-    async def serve(self, protocol: "ExpressProtocol", cycle: RequestResponseCycle, app: Any, template: str,
-                    prepare: Prepare, params: tuple[str, ...]) -> None:
-        """Answer one request, or hand it to ``app`` untouched (see the module docstring)."""
-        start = time.perf_counter()
-        limit = self.gateway.settings.max_body_bytes
-        if cycle.waiting_for_100_continue:
-            await cycle.run_asgi(app)
-            return
-        while cycle.more_body and not cycle.disconnected:
-            if len(cycle.body) > limit:
-                await cycle.run_asgi(app)  # the route answers 413 as it always does
-                return
-            cycle.flow.resume_reading()
-            await cycle.message_event.wait()
-            if cycle.more_body:  # left set once the body is complete, for ``receive()``
-                cycle.message_event.clear()
-        if cycle.disconnected:  # left before sending the whole body: counted, as the route counts it
-            self.metrics.record("POST", cycle.scope["path"], template, CLIENT_GONE, time.perf_counter() - start)
-            return
-        if len(cycle.body) > limit:
-            await cycle.run_asgi(app)
-            return
-        # uvicorn stops reading past 64 KiB of body; read on, as ``receive()`` does, so that a
-        # client that leaves while the model works is seen (``connection_lost``) at once.
-        cycle.flow.resume_reading()
-        scope = cycle.scope
+    async def serve(self, protocol: "ExpressProtocol", request: LeanRequest) -> None:
+        """Answer ``request`` (its body is complete), or hand it to the ASGI app (see the module docstring)."""
+        template, prepare, params, path = request.hit[:4]
         try:
-            response = await self._answer(protocol, scope["headers"], cycle.body, prepare, params)
+            response = await self._answer(protocol, request.headers, request.body, prepare, params)
         except Exception as exc:  # noqa: BLE001 - a bug: logged, answered 500 in the API's shape
-            response = unexpected_error(scope["path"], exc)
-        if response is None:
-            await cycle.run_asgi(app)
+            response = unexpected_error(path, exc)
+        if response is None:  # a streamed call
+            await protocol.to_asgi(request).run_asgi(protocol.app)
             return
         status = response.status_code
         if status != CLIENT_GONE:
-            await self._write(protocol, cycle, response)
-        self.metrics.record("POST", scope["path"], template, status, time.perf_counter() - start)
+            await protocol.write(request, response)
+        self.metrics.record("POST", path, template, status, time.perf_counter() - request.start)
 
     async def _answer(self, protocol: "ExpressProtocol", headers: list[tuple[bytes, bytes]], body: bytearray,
                       prepare: Prepare, params: tuple[str, ...]) -> Optional[Response]:
@@ -133,27 +165,23 @@ class ExpressLane:
         except ApiError as exc:
             return error_response(exc)
 
-    @staticmethod
-    async def _write(protocol: "ExpressProtocol", cycle: RequestResponseCycle, response: Response) -> None:
-        """Send ``response`` and close the cycle as uvicorn's ``send`` does for a complete body."""
-        if cycle.flow.write_paused and not cycle.disconnected:
-            await cycle.flow.drain()
-        if cycle.disconnected:
-            return
-        out = [STATUS_LINE[response.status_code]]
-        for name, value in protocol.server_state.default_headers:
-            out += (name, b": ", value, b"\r\n")
-        for name, value in response.raw_headers:
-            out += (name, b": ", value, b"\r\n")
-        if not cycle.keep_alive:
-            out.append(b"connection: close\r\n")
-        out += (b"\r\n", response.body)
-        cycle.transport.write(b"".join(out))
-        cycle.response_started = cycle.response_complete = True
-        cycle.message_event.set()
-        if not cycle.keep_alive:
-            cycle.transport.close()
-        cycle.on_response()
+
+
+def _route_url(url: bytes) -> Optional[Hit]:
+    """Route ``url`` as uvicorn and :func:`~.fast.match_fast_route` would: a typed route's :data:`Hit`, else ``None``."""
+    try:
+        parsed = httptools.parse_url(url)
+        raw_path = parsed.path
+        path = raw_path.decode("ascii")
+    except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+        return None  # uvicorn's own handling decides
+    if "%" in path:
+        path = urllib.parse.unquote(path)
+    hit = match_fast_route(path)
+    prepare = TYPED_ROUTES.get(hit[0]) if hit is not None else None
+    if hit is None or prepare is None:
+        return None
+    return hit[0], prepare, hit[1], path, raw_path, parsed.query or b""
 
 
 class ExpressProtocol(HttpToolsProtocol):
@@ -168,17 +196,119 @@ class ExpressProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._guarded: Optional[asyncio.Task[Any]] = None
         self._gone = False
+        #: The request whose headers and body the parser is reading, when the lane took it.
+        self._reading: Optional[LeanRequest] = None
+        #: The lane's request being answered (at most one: the lane takes none while another is answered).
+        self._answering: Optional[LeanRequest] = None
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        scope = cycle.scope
-        hit = self.lane.route(scope["path"]) if scope["method"] == "POST" and app is self.app \
-            and not self.root_path else None
-        if hit is None:
-            super()._start_asgi_task(cycle, app)
+    # --- parser callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        # uvicorn's per-request state; its scope is built only for a request the ASGI app answers.
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self._reading = None
+
+    def on_headers_complete(self) -> None:
+        request = self._take()
+        if request is None:
+            self._begin_scope(self.url, self.headers)
+            super().on_headers_complete()
             return
-        task = self.loop.create_task(self.lane.serve(self, cycle, app, *hit))
+        self._reading = self.cycle = request
+
+    def on_body(self, body: bytes) -> None:
+        request = self._reading
+        if request is None:
+            super().on_body(body)
+            return
+        request.body += body
+        if len(request.body) > self.lane.gateway.settings.max_body_bytes:
+            # the route answers 413 as it always does; the rest of the body goes to its cycle
+            self._reading = None
+            self._start_asgi_task(self.to_asgi(request, more_body=True), self.app)
+
+    def on_message_complete(self) -> None:
+        request = self._reading
+        if request is None:
+            super().on_message_complete()
+            return
+        self._reading = None
+        request.more_body = False
+        self._answering = request
+        task = self.loop.create_task(self.lane.serve(self, request))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
+
+    # --- the lane's side ---------------------------------------------------------------------
+
+    def _take(self) -> Optional[LeanRequest]:
+        """A :class:`LeanRequest` for the request whose headers just completed, if the lane answers it."""
+        parser = self.parser
+        if (parser.get_method() != b"POST" or self.expect_100_continue or self.root_path
+                or self.limit_concurrency is not None or (self.cycle is not None and not self.cycle.response_complete)
+                or parser.should_upgrade()):
+            return None
+        hit = self.lane.route(self.url)
+        if hit is None:
+            return None
+        version = parser.get_http_version()
+        return LeanRequest(hit, self.headers, version, version != "1.0" and parser.should_keep_alive(),
+                           time.perf_counter())
+
+    def _begin_scope(self, url: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """uvicorn's ``on_message_begin``, for the request of ``url`` and ``headers`` (which it keeps)."""
+        expect = self.expect_100_continue
+        super().on_message_begin()
+        self.url, self.expect_100_continue = url, expect
+        self.headers.extend(headers)  # the scope's own list
+
+    def to_asgi(self, request: LeanRequest, *, more_body: bool = False) -> RequestResponseCycle:
+        """``request`` as the uvicorn request cycle ``on_headers_complete`` would have made of it."""
+        template, prepare, params, path, raw_path, query = request.hit
+        # the parser may be reading the next request meanwhile: leave its state as it was
+        saved = self.url, self.headers, self.expect_100_continue, self.scope
+        self._begin_scope(b"", request.headers)
+        scope = self.scope
+        self.url, self.headers, self.expect_100_continue, self.scope = saved
+        scope["method"] = "POST"
+        if request.http_version != "1.1":
+            scope["http_version"] = request.http_version
+        scope["path"], scope["raw_path"], scope["query_string"] = path, raw_path, query
+        body, gone = request.body, request.disconnected
+        RequestResponseCycle.__init__(
+            request, scope=scope, transport=self.transport, flow=self.flow, logger=self.logger,
+            access_logger=self.access_logger, access_log=self.access_log,
+            default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
+            expect_100_continue=False, keep_alive=request.keep_alive, on_response=self._answered)
+        request.body, request.more_body, request.disconnected = body, more_body, gone
+        request.message_event.set()
+        return request
+
+    async def write(self, request: LeanRequest, response: Response) -> None:
+        """Send ``response`` for ``request`` and finish it as uvicorn's ``send`` finishes a complete body."""
+        if self.flow.write_paused and not request.disconnected:
+            await self.flow.drain()
+        if request.disconnected:
+            return
+        out = [STATUS_LINE[response.status_code]]
+        for name, value in self.server_state.default_headers:
+            out += (name, b": ", value, b"\r\n")
+        for name, value in response.raw_headers:
+            out += (name, b": ", value, b"\r\n")
+        if not request.keep_alive:
+            out.append(b"connection: close\r\n")
+        out += (b"\r\n", response.body)
+        self.transport.write(b"".join(out))
+        request.response_started = request.response_complete = True
+        if not request.keep_alive:
+            self.transport.close()
+        self._answered()
+
+    def _answered(self) -> None:
+        self._answering = None
+        self.on_response_complete()
 
     async def guard(self, work: Any) -> Any:
         """The express :data:`~.routes.Guard`: ``work``, cancelled if the connection is lost meanwhile."""
@@ -191,7 +321,15 @@ class ExpressProtocol(HttpToolsProtocol):
             self._guarded = None
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # marks ``self.cycle`` (a lean request too) disconnected
+        answering = self._answering
+        if answering is not None and answering is not self.cycle:  # a pipelined request is queued behind it
+            answering.disconnected = True
+            answering.message_event.set()
+        reading, self._reading = self._reading, None
+        if reading is not None:  # left before sending the whole body: counted, as the route counts it
+            template, path = reading.hit[0], reading.hit[3]
+            self.lane.metrics.record("POST", path, template, CLIENT_GONE, time.perf_counter() - reading.start)
         if self._guarded is not None and not self._gone:
             self._gone = True
             self._guarded.cancel()
