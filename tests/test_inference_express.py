@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -777,6 +778,53 @@ def test_keep_alive_serves_many_requests_on_one_connection(api: Api) -> None:
                 check(r)
                 assert r.header("connection") is None, "a keep-alive answer must not close"
         assert not raw.closed_by_server(0.3)
+
+
+@contextmanager
+def _running_with_keep_alive(app: Any, seconds: float, express: bool) -> Iterator[str]:
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on",
+                            log_level="critical", timeout_keep_alive=seconds, http=http_protocol(app, express=express))
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_for(lambda: server.started, 20), "the API server did not start"
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.parametrize("express", [True, False], ids=["express", "plain"])
+def test_keep_alive_timeout_closes_idle_connections_only(servers: Servers, express: bool) -> None:
+    """uvicorn's rule, kept by the lane's one-timer-per-idle-spell: an idle connection closes
+    ``timeout_keep_alive`` after its last response; one that keeps sending requests stays open."""
+    app = make_app(CATALOG, {"sgp-echo": servers.express.app.state.inference.base_url(CATALOG.models["sgp-echo"])})
+    with _running_with_keep_alive(app, 0.6, express) as url:
+        with Raw(url) as busy, Raw(url) as idle:
+            idle.send(post("/v4/models/sgp-echo/completions", {"prompt": "once"}))
+            assert idle.response().status == 200
+            started = time.monotonic()
+            while time.monotonic() - started < 1.5:  # well past the timeout, a request every 0.2 s
+                busy.send(post("/v4/models/sgp-echo/completions", {"prompt": "again"}))
+                assert busy.response().status == 200, "a busy connection was closed"
+                time.sleep(0.2)
+            assert _closed_within(idle, 0.1), "an idle connection outlived the keep-alive timeout"
+            busy.send(post("/v4/models/sgp-echo/completions", {"prompt": "still"}))
+            assert busy.response().json()["completions"] == [["still", [GREETING + "still"]]]
+            assert not _closed_within(busy, 0.3), "closed before its timeout"
+            assert _closed_within(busy, 2), "the last idle spell did not end in a close"
+
+
+def _closed_within(raw: Raw, seconds: float) -> bool:
+    """Whether the server closes ``raw``'s connection within ``seconds`` (nothing else is expected on it)."""
+    ready, _, _ = select.select([raw.sock], [], [], seconds)
+    if not ready:
+        return False
+    try:
+        return raw.sock.recv(1, socket.MSG_PEEK) == b""
+    except ConnectionResetError:
+        return True
 
 
 def test_pipelined_requests_are_all_answered_in_order(api: Api) -> None:

@@ -200,6 +200,10 @@ class ExpressProtocol(HttpToolsProtocol):
         self._reading: Optional[LeanRequest] = None
         #: The lane's request being answered (at most one: the lane takes none while another is answered).
         self._answering: Optional[LeanRequest] = None
+        #: Its task (the one :meth:`guard` runs in).
+        self._serving: Optional[asyncio.Task[Any]] = None
+        #: When the connection last became idle (its last response sent, nothing read since); else ``None``.
+        self._idle_since: Optional[float] = None
 
     # --- parser callbacks -----------------------------------------------------------------
 
@@ -237,7 +241,7 @@ class ExpressProtocol(HttpToolsProtocol):
         self._reading = None
         request.more_body = False
         self._answering = request
-        task = self.loop.create_task(self.lane.serve(self, request))
+        task = self._serving = self.loop.create_task(self.lane.serve(self, request))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
@@ -312,16 +316,59 @@ class ExpressProtocol(HttpToolsProtocol):
 
     async def guard(self, work: Any) -> Any:
         """The express :data:`~.routes.Guard`: ``work``, cancelled if the connection is lost meanwhile."""
-        task = asyncio.current_task()
-        assert task is not None
+        task = self._serving  # the lane's task: ``guard`` runs only there (not asyncio.current_task(),
+        assert task is not None  # which costs a getpid() system call per request on Python 3.11)
         self._guarded = task
         try:
             return await unless_gone(task, work, lambda: self._gone)
         finally:
             self._guarded = None
 
+    # --- keep-alive timeout: one timer per idle spell, not one per response -------------------------
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn cancels its timer whenever data arrives; here the connection is only marked busy,
+        # and a timer still armed finds it so when it fires (see ``on_response_complete``).
+        self._idle_since = None
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, except the keep-alive timer: armed once, then re-armed only as far as needed.
+
+        uvicorn arms a timer after every response and cancels it on the next
+        request: two timer operations per request.  Here a response marks the
+        connection idle, and an armed timer that finds it busy does nothing
+        (the next response arms it again) or, if it went idle again since, waits
+        for the rest of the timeout.  Same rule: an idle connection closes
+        ``timeout_keep_alive`` seconds after its last response.
+        """
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_due)
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        since = self._idle_since
+        if since is None:  # busy: the response that ends it arms the timer again
+            return
+        left = since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
+
     def connection_lost(self, exc: Optional[Exception]) -> None:
         super().connection_lost(exc)  # marks ``self.cycle`` (a lean request too) disconnected
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         answering = self._answering
         if answering is not None and answering is not self.cycle:  # a pipelined request is queued behind it
             answering.disconnected = True
