@@ -166,9 +166,11 @@ class ExpressLane:
             return error_response(exc)
 
 
-
 def _route_url(url: bytes) -> Optional[Hit]:
-    """Route ``url`` as uvicorn and :func:`~.fast.match_fast_route` would: a typed route's :data:`Hit`, else ``None``."""
+    """Route ``url`` as uvicorn and :func:`~.fast.match_fast_route` would.
+
+    A typed route's :data:`Hit`, else ``None`` (then uvicorn and the ASGI app handle the request as ever).
+    """
     try:
         parsed = httptools.parse_url(url)
         raw_path = parsed.path
