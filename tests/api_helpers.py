@@ -58,11 +58,11 @@ def make_catalog(extra_acme: int = 23, extra_other: int = 3) -> Catalog:
 
 
 @contextmanager
-def running(app: Any, *, express: bool = True) -> Iterator[str]:
+def running(app: Any, *, express: bool = True, **settings: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a thread, as ``serve`` does (the inference express lane on
-    unless ``express=False``); yields its base URL."""
+    unless ``express=False``; ``settings``: more ``uvicorn.Config`` settings); yields its base URL."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on",
-                            log_level="critical", http=http_protocol(app, express=express))
+                            log_level="critical", http=http_protocol(app, express=express), **settings)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

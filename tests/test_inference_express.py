@@ -22,14 +22,12 @@ import select
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from api_helpers import running
@@ -508,26 +506,11 @@ def test_opentelemetry_on_sends_typed_calls_through_the_asgi_app(servers: Server
     assert Telemetry.wrapped == 1, "with a tracer provider on, a typed call must be traced by FastAPI"
 
 
-@contextmanager
-def _running_with_root_path(app: Any, root_path: str) -> Iterator[str]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on",
-                            log_level="critical", root_path=root_path, http=http_protocol(app, express=True))
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert wait_for(lambda: server.started, 20), "the API server did not start"
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 def test_a_root_path_sends_typed_calls_through_the_asgi_app(servers: Servers) -> None:
     app = make_app(CATALOG, {"sgp-echo": servers.express.app.state.inference.base_url(CATALOG.models["sgp-echo"])})
     seen: list[tuple[str, str]] = []
     app.add_middleware(CountingMiddleware, seen=seen)
-    with _running_with_root_path(app, "/api") as url:
+    with running(app, express=True, root_path="/api") as url:
         r = httpx.post(f"{url}/v4/models/sgp-echo/completions", json={"prompt": "x"}, headers=HEADERS, timeout=30)
     assert r.status_code == 200 and r.json()["completions"] == [["x", [GREETING + "x"]]]
     assert seen == [("POST", "/api/v4/models/sgp-echo/completions")]
@@ -548,6 +531,8 @@ def test_urls_are_routed_as_uvicorn_routes_them(servers: Servers, url: str, path
             caplog.clear()
             with httpx.Client(base_url=api.url, headers=HEADERS, timeout=30) as client:
                 r = client.send(client.build_request("POST", api.url + url, json={"prompt": "q"}))
+            # the ASGI path logs after the response is sent: wait for the line
+            wait_for(lambda: any(x.name == ACCESS_LOGGER for x in caplog.records), 5)
             logged.append([(getattr(x, "path", None), getattr(x, "route", None), getattr(x, "status", None))
                            for x in caplog.records if x.name == ACCESS_LOGGER])
         assert r.status_code == 200 and r.json()["completions"] == [["q", [GREETING + "q"]]], r.text
@@ -703,6 +688,8 @@ def test_metrics_and_access_lines_match_the_asgi_path(servers: Servers, caplog: 
             for payload, headers, status in sequence:
                 r = httpx.post(f"{api.url}/v4/models/sgp-echo/completions", json=payload, headers=headers, timeout=30)
                 assert r.status_code == status, r.text
+            # the ASGI path logs after the response is sent: wait for the last line
+            wait_for(lambda: sum(x.name == ACCESS_LOGGER for x in caplog.records) >= len(sequence), 5)
             lines = [(getattr(r, "method", None), getattr(r, "path", None), getattr(r, "route", None),
                       getattr(r, "status", None)) for r in caplog.records if r.name == ACCESS_LOGGER]
             lines = [line for line in lines if line[1] == "/v4/models/sgp-echo/completions"]
@@ -780,27 +767,12 @@ def test_keep_alive_serves_many_requests_on_one_connection(api: Api) -> None:
         assert not raw.closed_by_server(0.3)
 
 
-@contextmanager
-def _running_with_keep_alive(app: Any, seconds: float, express: bool) -> Iterator[str]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on",
-                            log_level="critical", timeout_keep_alive=seconds, http=http_protocol(app, express=express))
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert wait_for(lambda: server.started, 20), "the API server did not start"
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.mark.parametrize("express", [True, False], ids=["express", "plain"])
 def test_keep_alive_timeout_closes_idle_connections_only(servers: Servers, express: bool) -> None:
     """uvicorn's rule, kept by the lane's one-timer-per-idle-spell: an idle connection closes
     ``timeout_keep_alive`` after its last response; one that keeps sending requests stays open."""
     app = make_app(CATALOG, {"sgp-echo": servers.express.app.state.inference.base_url(CATALOG.models["sgp-echo"])})
-    with _running_with_keep_alive(app, 0.6, express) as url:
+    with running(app, express=express, timeout_keep_alive=0.6) as url:
         with Raw(url) as busy, Raw(url) as idle:
             idle.send(post("/v4/models/sgp-echo/completions", {"prompt": "once"}))
             assert idle.response().status == 200
