@@ -99,7 +99,6 @@ class LeanRequest(RequestResponseCycle):
         self.keep_alive = keep_alive
         self.start = start
         self.body = bytearray()
-        self.more_body = True
         self.disconnected = False
         self.response_started = False
         self.response_complete = False
@@ -241,7 +240,6 @@ class ExpressProtocol(HttpToolsProtocol):
             super().on_message_complete()
             return
         self._reading = None
-        request.more_body = False
         self._answering = request
         task = self._serving = self.loop.create_task(self.lane.serve(self, request))
         task.add_done_callback(self.tasks.discard)
@@ -272,7 +270,7 @@ class ExpressProtocol(HttpToolsProtocol):
 
     def to_asgi(self, request: LeanRequest, *, more_body: bool = False) -> RequestResponseCycle:
         """``request`` as the uvicorn request cycle ``on_headers_complete`` would have made of it."""
-        template, prepare, params, path, raw_path, query = request.hit
+        path, raw_path, query = request.hit[3:]
         # the parser may be reading the next request meanwhile: leave its state as it was
         saved = self.url, self.headers, self.expect_100_continue, self.scope
         self._begin_scope(b"", request.headers)
