@@ -473,6 +473,44 @@ def test_read_timeout_before_the_headers_and_between_chunks() -> None:
     run(scenario())
 
 
+def test_a_reused_connection_times_out_each_wait_at_its_own_deadline() -> None:
+    """The connection keeps one read timer across requests (``Connection._wait``): a later
+    deadline than the armed timer's is not cut short, an earlier one is not missed."""
+    async def scenario() -> None:
+        async def first_answers_then_hangs(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(ok())
+            await writer.drain()
+            await read_request(reader)
+            await asyncio.sleep(30)
+
+        loop = asyncio.get_running_loop()
+        async with Server(first_answers_then_hangs) as server:
+            pool = Pool()
+            conn = await post(pool, server.url(), timeout=0.2)  # arms the connection's timer 0.2 s ahead
+            assert await conn.read(0.2) == OK_BODY and await conn.read(0.2) == b""
+            conn.release()
+            started = loop.time()
+            with pytest.raises(ReadTimeout):
+                await post(pool, server.url(), timeout=1.0)  # same connection, a later deadline
+            assert loop.time() - started >= 0.95  # the timer armed for 0.2 s fired meanwhile and re-armed
+            assert server.connections == 1
+            await pool.aclose()
+
+        async with Server(first_answers_then_hangs) as server:
+            pool = Pool()
+            conn = await post(pool, server.url(), timeout=30)  # arms the timer 30 s ahead
+            assert await conn.read(30) == OK_BODY and await conn.read(30) == b""
+            conn.release()
+            started = loop.time()
+            with pytest.raises(ReadTimeout):
+                await post(pool, server.url(), timeout=0.2)  # an earlier deadline moves the timer
+            assert loop.time() - started < 25
+            await pool.aclose()
+
+    run(scenario())
+
+
 def test_connection_refused_is_a_connect_error() -> None:
     async def scenario() -> None:
         pool = Pool()
