@@ -21,13 +21,17 @@ from ..common import model_base_url
 from ..status import StatusSource
 from .metrics import InferenceMetrics
 from .protocols import BadBackendBody
-from .proxy import Forwarder, Upstream, UpstreamError
+from .proxy import Forwarder, Sent, Upstream, UpstreamError
 from .settings import InferenceSettings, Timeouts
 from .streams import Event, EventSplitter, EventTooLarge, sse_error
 from .wake import Waker, status_ready
 
 log = logging.getLogger("sgp_infra.api.inference")
 T = TypeVar("T")
+
+
+#: Model states that fail a request at once (503), without a hold.
+_FAILED = ("failed", "deployment_timeout")
 
 
 class ClientGone(Exception):
@@ -103,15 +107,21 @@ class Gateway:
 
     # --- readiness ----------------------------------------------------------------
 
-    async def ensure_ready(self, model: Model, *, trust_status: bool = True) -> None:
-        """Return when the model can take the request; hold while it wakes up."""
+    def ready_now(self, model: Model) -> bool:
+        """``True`` if :meth:`ensure_ready` would return at once (the model is up: no hold, no error)."""
         key = model.object_name
         st = self.status.get(key)
-        if st.status in ("failed", "deployment_timeout"):
+        return st.status not in _FAILED and (status_ready(st) or self.waker.recently_ok(key))
+
+    async def ensure_ready(self, model: Model, *, trust_status: bool = True) -> None:
+        """Return when the model can take the request; hold while it wakes up."""
+        if trust_status and self.ready_now(model):
+            return
+        key = model.object_name
+        st = self.status.get(key)
+        if st.status in _FAILED:
             raise UpstreamError(503, "model_failed", f"model '{model.name}' is {st.status}"
                                 + (f": {st.reason}" if st.reason else ""), 60)
-        if trust_status and (status_ready(st) or self.waker.recently_ok(key)):
-            return
         timeout = self.timeouts(model).cold_start
         health = self.base_url(model) + model.healthcheck_route
         started = time.perf_counter()
@@ -130,12 +140,16 @@ class Gateway:
     # --- forwarding -----------------------------------------------------------------
 
     async def open(self, model: Model, route: str, payload: bytes, timeouts: Timeouts,
-                   retries: Optional[int] = None) -> Upstream:
-        """Hold if needed, then send; a refused connection means no ready pods: hold once more."""
-        await self.ensure_ready(model)
+                   retries: Optional[int] = None, sent: Optional[Sent] = None) -> Upstream:
+        """Hold if needed, then send; a refused connection means no ready pods: hold once more.
+
+        With ``sent`` (the express lane's first attempt, sent while the model was up), no hold.
+        """
+        if sent is None:
+            await self.ensure_ready(model)
         url = self.base_url(model) + route
         try:
-            response = await self.forwarder.open(model.name, url, payload, timeouts, retries=retries)
+            response = await self.forwarder.open(model.name, url, payload, timeouts, retries=retries, sent=sent)
         except UpstreamError as exc:
             if exc.kind != "connect":
                 raise
@@ -146,9 +160,17 @@ class Gateway:
         return response
 
     async def call_json(self, model: Model, route: str, payload: bytes, timeouts: Timeouts,
-                        retries: Optional[int] = None) -> Any:
-        response = await self.open(model, route, payload, timeouts, retries)
-        data = await self.forwarder.read(response)
+                        retries: Optional[int] = None, sent: Optional[Sent] = None) -> Any:
+        response = await self.open(model, route, payload, timeouts, retries, sent)
+        return self.decode_json(model, await self.forwarder.read(response))
+
+    def answered_json(self, model: Model, response: Upstream) -> Any:
+        """:meth:`call_json`'s end for a 2xx response that has all arrived (the express lane's flight)."""
+        self.waker.mark_ok(model.object_name)
+        return self.decode_json(model, self.forwarder.read_now(response))
+
+    @staticmethod
+    def decode_json(model: Model, data: bytes) -> Any:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

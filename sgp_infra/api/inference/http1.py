@@ -144,6 +144,9 @@ class Connection(asyncio.Protocol):
         self.parser = HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
+        #: Inside ``parser.feed_data`` (a :class:`_Notify` due then waits for it to return).
+        self._feeding = False
+        self._notify_due: Optional[_Notify] = None
         #: The read timeout's timer and when it is due (see :meth:`_wait`).
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_at = 0.0
@@ -162,7 +165,7 @@ class Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._buffered = 0
         self._paused = False
-        self._waiter: Optional[asyncio.Future[None]] = None
+        self._waiter: Optional["asyncio.Future[None] | _Notify"] = None
         self._decoder: Any = None
 
     # --- asyncio.Protocol -------------------------------------------------------------
@@ -176,12 +179,19 @@ class Connection(asyncio.Protocol):
             return
         if self.error is not None:
             return
+        self._feeding = True
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
             self._fail(ProtocolError("the server switched protocols"))
         except HttpParserError as exc:
             self._fail(ProtocolError(f"malformed HTTP response ({reason(exc)})"))
+        finally:
+            self._feeding = False
+        notify = self._notify_due
+        if notify is not None:  # called back here, once the parser is done with this data
+            self._notify_due = None
+            notify.fire(None)
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost does the rest
@@ -291,6 +301,32 @@ class Connection(asyncio.Protocol):
         if abort:
             self.abort()
 
+    def send_then(self, data: bytes, timeout: float, callback: Callable[[Optional[BaseException]], None]) -> None:
+        """Send ``data`` (a request) and call ``callback(error)`` once, without a task waiting.
+
+        Called with ``None`` when the response is complete, or when more than
+        ``HIGH_WATER`` bytes of its body are waiting (the connection stops
+        reading ahead: read the rest with :meth:`read`); with the error when
+        the exchange fails (a :class:`ClientError`: ``error`` is also set) or
+        with a :class:`ReadTimeout` when no response came within ``timeout``.
+        Then the connection is the caller's as after :meth:`response`: release
+        or abort it.  The callback runs from the event loop, never from inside
+        the parser (so it may release the connection at once).
+        """
+        self.send(data)
+        self._waiter = _Notify(self, callback)
+        self._arm(self.loop.time() + timeout)
+
+    def _arm(self, deadline: float) -> None:
+        """The current wait ends at ``deadline`` (see :meth:`_wait` for the one timer)."""
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or self._timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._timer_due)
+            self._timer_at = deadline
+
     async def _wait(self, timeout: float) -> None:
         """Until a parser callback or the connection's end wakes us; :class:`ReadTimeout` after ``timeout``.
 
@@ -303,13 +339,7 @@ class Connection(asyncio.Protocol):
         """
         loop = self.loop
         waiter = self._waiter = loop.create_future()
-        deadline = self._deadline = loop.time() + timeout
-        timer = self._timer
-        if timer is None or self._timer_at > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = loop.call_at(deadline, self._timer_due)
-            self._timer_at = deadline
+        self._arm(loop.time() + timeout)
         try:
             await waiter
         finally:
@@ -347,20 +377,27 @@ class Connection(asyncio.Protocol):
     async def read(self, timeout: float) -> bytes:
         """The body bytes that arrived since the last call, waiting for some; ``b""`` at the end."""
         while True:
-            if self._body:
-                body = self._body
-                data = body[0] if len(body) == 1 else b"".join(body)
-                self._body = []
-                self._buffered = 0
-                if self._paused and not self.closed:
-                    self._paused = False
-                    self.transport.resume_reading()  # type: ignore[union-attr]
+            data = self.take()
+            if data is not None:
                 return data
-            if self.error is not None:
-                raise self.error
-            if self.complete:
-                return b""
             await self._wait(timeout)
+
+    def take(self) -> Optional[bytes]:
+        """What :meth:`read` returns now, or ``None`` where it would wait for more."""
+        if self._body:
+            body = self._body
+            data = body[0] if len(body) == 1 else b"".join(body)
+            self._body = []
+            self._buffered = 0
+            if self._paused and not self.closed:
+                self._paused = False
+                self.transport.resume_reading()  # type: ignore[union-attr]
+            return data
+        if self.error is not None:
+            raise self.error
+        if self.complete:
+            return b""
+        return None
 
     def release(self) -> None:
         """Back to the pool if the response was read to its end and keep-alive holds; else close."""
@@ -384,6 +421,49 @@ class Connection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             self.pool._forget(self)
+
+
+class _Notify:
+    """A connection's waiter that calls back instead of waking a task (:meth:`Connection.send_then`).
+
+    It answers the calls the connection makes on a waiter future (``done``,
+    ``set_result``, ``set_exception``).  ``set_result`` comes from every
+    parser event (headers, each part of the body, the end): only the end, a
+    failure or a full buffer call back.
+    """
+
+    __slots__ = ("conn", "callback", "_done")
+
+    def __init__(self, conn: Connection, callback: Callable[[Optional[BaseException]], None]):
+        self.conn = conn
+        self.callback = callback
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, _: None) -> None:
+        conn = self.conn
+        if conn.error is None and not conn.complete and not conn._paused:
+            return  # the headers, or a part of the body: wait for the rest
+        if conn._feeding:
+            conn._notify_due = self  # Connection.data_received calls back once the parser returns
+        else:
+            self.fire(conn.error)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.fire(exc)
+
+    def fire(self, error: Optional[BaseException]) -> None:
+        if self._done:
+            return
+        self._done = True
+        conn = self.conn
+        if conn._waiter is self:
+            conn._waiter = None
+        if conn._notify_due is self:
+            conn._notify_due = None
+        self.callback(error)
 
 
 class Pool:
@@ -434,6 +514,10 @@ class Pool:
                 if conn is not None:
                     return conn
         return await self._connect(target, connect_timeout)
+
+    def take_idle(self, target: Target) -> Optional[Connection]:
+        """An idle connection to ``target``'s origin now, or ``None`` (then :meth:`acquire`)."""
+        return None if self.closed else self._take_idle(target.key)
 
     def _take_idle(self, key: tuple[str, str, int]) -> Optional[Connection]:
         """The most recently used idle connection to ``key`` that is open and not past ``keepalive``.

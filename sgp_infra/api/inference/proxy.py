@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple, Optional
 
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .http1 import ClientError, Connection, ConnectError, ConnectTimeout, Headers, Pool, ReadTimeout
+from .http1 import ClientError, Connection, ConnectError, ConnectTimeout, Headers, Pool, ReadTimeout, Target
 from .http1 import reason as _reason
 from .metrics import InferenceMetrics
 from .settings import InferenceSettings, Timeouts
@@ -43,6 +43,19 @@ SNIPPET = 2048
 #: goes out on it, that request fails with a 502, because a proxy must not
 #: resend a POST that may have reached the model (RFC 9112, 9.3.1.1).
 KEEPALIVE = 4.0
+
+
+class Sent(NamedTuple):
+    """A first attempt the express lane already sent (:meth:`Forwarder.send_now`) and how its wait ended.
+
+    :meth:`Forwarder.open` takes it up from there: ``error`` (a failure or a
+    :class:`ReadTimeout`) is reported as if it had been waited for there, and a
+    response that did arrive is handled as any other.
+    """
+
+    conn: Connection
+    started: float
+    error: Optional[BaseException] = None
 
 
 class UpstreamError(Exception):
@@ -167,36 +180,71 @@ class Forwarder:
         finally:
             conn.release()  # back to the pool if the body was read to its end, else dropped
 
+    def send_now(self, url: str, content: bytes, timeouts: Timeouts,
+                 callback: Callable[[Optional[BaseException]], None]) -> Optional[tuple[Connection, float]]:
+        """POST ``content`` on an idle pooled connection now; ``None`` if there is none (then :meth:`open`).
+
+        ``callback`` is called once the response is complete or the wait ends
+        otherwise (:meth:`~.http1.Connection.send_then`); the connection and
+        the time it was sent make the :class:`Sent` that :meth:`open` and
+        :meth:`accept` take up.
+        """
+        pool = self.pool
+        try:
+            target = pool.target(url)
+        except ValueError:
+            return None  # open() reports the bad URL
+        conn = pool.take_idle(target)
+        if conn is None:
+            return None
+        started = time.perf_counter()
+        conn.send_then(_post(target, content), timeouts.read, callback)
+        return conn, started
+
+    def accept(self, label: str, conn: Connection, timeouts: Timeouts, started: float) -> Upstream:
+        """The response whose headers arrived on ``conn``, its wait counted in the upstream latency."""
+        self.metrics.upstream_latency.observe((label,), time.perf_counter() - started)
+        return Upstream(label, conn, timeouts)
+
     async def open(self, label: str, url: str, content: bytes, timeouts: Timeouts, *,
-                   retries: Optional[int] = None) -> Upstream:
-        """POST ``content`` and return the response once its headers arrived (2xx only)."""
+                   retries: Optional[int] = None, sent: Optional[Sent] = None) -> Upstream:
+        """POST ``content`` and return the response once its headers arrived (2xx only).
+
+        With ``sent``, the first attempt is that one (already sent).
+        """
         retries = self.settings.retries if retries is None else retries
         attempt = 0
         while True:
-            started = time.perf_counter()
+            if sent is not None:
+                conn, started = sent.conn, sent.started
+            else:
+                started = time.perf_counter()
+                try:
+                    pool = self.pool
+                    target = pool.target(url)
+                    conn = await pool.acquire(target, timeouts.connect)
+                except ConnectError as exc:
+                    if exc.tls:
+                        raise UpstreamError(502, "protocol", f"model '{label}': TLS failure ({exc})") from None
+                    if attempt < retries:
+                        attempt += 1
+                        await asyncio.sleep(self._backoff(attempt))
+                        continue
+                    raise UpstreamError(503, "connect", f"model '{label}' is not accepting connections at {url} "
+                                        f"({exc}) after {attempt + 1} attempts",
+                                        self.settings.retry_after) from None
+                except ConnectTimeout:
+                    raise UpstreamError(504, "connect_timeout", f"model '{label}' did not accept a connection "
+                                        f"within {timeouts.connect:g} s", self.settings.retry_after) from None
+                except (ClientError, ValueError) as exc:
+                    raise UpstreamError(502, "protocol", f"model '{label}' broke the connection before answering "
+                                        f"({_reason(exc) if isinstance(exc, ValueError) else exc})") from None
             try:
-                pool = self.pool
-                target = pool.target(url)
-                conn = await pool.acquire(target, timeouts.connect)
-            except ConnectError as exc:
-                if exc.tls:
-                    raise UpstreamError(502, "protocol", f"model '{label}': TLS failure ({exc})") from None
-                if attempt < retries:
-                    attempt += 1
-                    await asyncio.sleep(self._backoff(attempt))
-                    continue
-                raise UpstreamError(503, "connect", f"model '{label}' is not accepting connections at {url} "
-                                    f"({exc}) after {attempt + 1} attempts",
-                                    self.settings.retry_after) from None
-            except ConnectTimeout:
-                raise UpstreamError(504, "connect_timeout", f"model '{label}' did not accept a connection "
-                                    f"within {timeouts.connect:g} s", self.settings.retry_after) from None
-            except (ClientError, ValueError) as exc:
-                raise UpstreamError(502, "protocol", f"model '{label}' broke the connection before answering "
-                                    f"({_reason(exc) if isinstance(exc, ValueError) else exc})") from None
-            try:
-                conn.send(b"POST %s HTTP/1.1\r\nhost: %s\r\n%scontent-length: %d\r\n\r\n%s"
-                          % (target.path, target.host_header, _POST_HEADERS, len(content), content))
+                if sent is None:
+                    conn.send(_post(target, content))
+                elif sent.error is not None:
+                    raise sent.error
+                sent = None
                 await conn.response(timeouts.read)
             except ReadTimeout:
                 conn.abort()
@@ -209,8 +257,7 @@ class Forwarder:
             except BaseException:  # cancelled (the client left, shutdown): the connection is in an unknown state
                 conn.abort()
                 raise
-            self.metrics.upstream_latency.observe((label,), time.perf_counter() - started)
-            upstream = Upstream(label, conn, timeouts)
+            upstream = self.accept(label, conn, timeouts, started)
             status = upstream.status
             if status == 503 and attempt < retries:
                 upstream.close()
@@ -243,14 +290,31 @@ class Forwarder:
                                  f"predict_route and endpoint_protocol{said}")
         return UpstreamError(502, "upstream_5xx", f"model '{label}' failed with HTTP {status}{said}")
 
+    def read_now(self, upstream: Upstream) -> bytes:
+        """:meth:`read` for a response that has all arrived (``upstream.conn.complete``): no waiting."""
+        cap = self.settings.max_response_bytes
+        try:
+            self._check_length(upstream, cap)
+            data = upstream.conn.take() or b""
+            upstream._complete = True
+            if len(data) > cap:
+                raise _too_large(upstream.label, cap)
+            return data
+        finally:
+            upstream.close()
+
+    @staticmethod
+    def _check_length(upstream: Upstream, cap: int) -> None:
+        length = upstream.headers.get("content-length")
+        if length and length.isdigit() and int(length) > cap:
+            raise UpstreamError(502, "too_large", f"model '{upstream.label}' answered {length} bytes; "
+                                f"the limit is {cap}")
+
     async def read(self, upstream: Upstream) -> bytes:
         """The whole body, at most ``max_response_bytes``; closes the response."""
         cap = self.settings.max_response_bytes
         try:
-            length = upstream.headers.get("content-length")
-            if length and length.isdigit() and int(length) > cap:
-                raise UpstreamError(502, "too_large", f"model '{upstream.label}' answered {length} bytes; "
-                                    f"the limit is {cap}")
+            self._check_length(upstream, cap)
             data = await upstream.next_chunk()
             if not data:
                 return b""
@@ -268,6 +332,12 @@ class Forwarder:
             return bytes(buf)
         finally:
             upstream.close()
+
+
+def _post(target: Target, content: bytes) -> bytes:
+    """The forwarded request: a POST of the JSON ``content`` to ``target``."""
+    return (b"POST %s HTTP/1.1\r\nhost: %s\r\n%scontent-length: %d\r\n\r\n%s"
+            % (target.path, target.host_header, _POST_HEADERS, len(content), content))
 
 
 def _too_large(label: str, cap: int) -> UpstreamError:

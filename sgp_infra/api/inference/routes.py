@@ -33,7 +33,8 @@ from .gateway import ClientGone, Gateway, Slot, guarded_stream, until_disconnect
 from .protocols import (BadBackendBody, Call, Op, backend_kind, backend_request, parse_delta, parse_result,
                         parse_v4, parse_v5_chat, parse_v5_completion, render_v4, render_v4_chunk, render_v5,
                         render_v5_chunk, validate_bindings)
-from .proxy import ProxyStream, Upstream, UpstreamError
+from .proxy import ProxyStream, Sent, Upstream, UpstreamError
+from .settings import Timeouts
 from .streams import sse
 
 router = APIRouter(tags=["inference"])
@@ -120,33 +121,40 @@ def request_guard(request: Request) -> Guard:
     return lambda work: until_disconnect(request, work)
 
 
-async def _run(gw: Gateway, guard: Guard, model: Model, operation: str, work: Callable[[Slot], Any]) -> Response:
-    """Admit, run ``work(slot)`` under ``guard``, and map every failure to the error shape.
+async def _run(gw: Gateway, guard: Guard, model: Model, operation: str, work: Callable[[Slot], Any],
+               slot: Optional[Slot] = None) -> Response:
+    """Admit (unless ``slot`` was), run ``work(slot)`` under ``guard``, and map every failure to the error shape.
 
     ``work`` returns a finished response (the slot is released here) or a
     :class:`ProxyStream` (the stream releases it when it ends).
     """
-    try:
-        slot = gw.admit(model, operation)
-    except UpstreamError as exc:
-        return _error(exc)
+    if slot is None:
+        try:
+            slot = gw.admit(model, operation)
+        except UpstreamError as exc:
+            return _error(exc)
     try:
         response = await guard(work(slot))
-    except UpstreamError as exc:
-        slot.finish(exc.status, exc.kind)
-        return _error(exc)
-    except BadBackendBody as exc:
-        slot.finish(502, "bad_response")
-        return api_error(502, f"model '{model.name}' answered a body of the wrong shape: {exc}")
-    except ClientGone:
-        slot.finish(CLIENT_GONE, "client_disconnect")
-        return Response(status_code=CLIENT_GONE)
+    except (UpstreamError, BadBackendBody, ClientGone) as exc:
+        return failure_response(slot, exc)
     except BaseException as exc:
         slot.finish(500, type(exc).__name__)
         raise
     if not isinstance(response, ProxyStream):
         slot.finish(response.status_code)
     return response
+
+
+def failure_response(slot: Slot, exc: "UpstreamError | BadBackendBody | ClientGone") -> Response:
+    """The answer to a call that failed with ``exc``, its slot released with the failure's status and kind."""
+    if isinstance(exc, UpstreamError):
+        slot.finish(exc.status, exc.kind)
+        return _error(exc)
+    if isinstance(exc, BadBackendBody):
+        slot.finish(502, "bad_response")
+        return api_error(502, f"model '{slot.model.name}' answered a body of the wrong shape: {exc}")
+    slot.finish(CLIENT_GONE, "client_disconnect")
+    return Response(status_code=CLIENT_GONE)
 
 
 def _stream_response(slot: Slot, upstream: Upstream, chunks: AsyncIterator[bytes], media_type: str) -> ProxyStream:
@@ -175,18 +183,41 @@ class Typed(NamedTuple):
     render_chunk: Render
 
 
-async def typed(gw: Gateway, guard: Guard, t: Typed) -> Response:
-    """Forward a typed call (completion, chat, embedding, rerank) and answer in the caller's shape."""
-    model, call, render, render_chunk = t
+class Forward(NamedTuple):
+    """Where and what a typed call sends: its backend route, the shape spoken there, the body, the timeouts."""
+
+    route: str
+    kind: str
+    payload: bytes
+    timeouts: Timeouts
+
+
+def forward_of(gw: Gateway, t: Typed) -> Forward:
+    """What ``t`` sends to its model (a 400 ``ApiError`` if the model's routes cannot answer it)."""
+    model, call = t.model, t.call
     route = model.streaming_predict_route if call.stream else model.predict_route
     kind = backend_kind(model, call.op, route)
-    payload = orjson.dumps(backend_request(call, kind, model))
-    timeouts = gw.timeouts(model)
+    return Forward(route, kind, orjson.dumps(backend_request(call, kind, model)), gw.timeouts(model))
+
+
+def typed_answer(t: Typed, kind: str, data: Any) -> Response:
+    """The caller's answer to a non-streamed typed call, from the backend's JSON ``data``."""
+    return _JsonAnswer(t.render(t.call, kind, parse_result(kind, t.call.op, data)))
+
+
+async def typed(gw: Gateway, guard: Guard, t: Typed, *, forward: Optional[Forward] = None,
+                slot: Optional[Slot] = None, sent: Optional[Sent] = None) -> Response:
+    """Forward a typed call (completion, chat, embedding, rerank) and answer in the caller's shape.
+
+    The express lane passes what it already did: the ``forward`` it worked
+    out, the ``slot`` it was admitted with and the first attempt it ``sent``.
+    """
+    model, call, render, render_chunk = t
+    route, kind, payload, timeouts = forward or forward_of(gw, t)
 
     async def work(slot: Slot) -> Response:
         if not call.stream:
-            data = await gw.call_json(model, route, payload, timeouts)
-            return _JsonAnswer(render(call, kind, parse_result(kind, call.op, data)))
+            return typed_answer(t, kind, await gw.call_json(model, route, payload, timeouts, sent=sent))
         upstream = await gw.open(model, route, payload, timeouts)
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -207,7 +238,7 @@ async def typed(gw: Gateway, guard: Guard, t: Typed) -> Response:
 
         return _stream_response(slot, upstream, chunks(), "text/event-stream")
 
-    return await _run(gw, guard, model, call.op, work)
+    return await _run(gw, guard, model, call.op, work, slot)
 
 
 #: A typed route's checks: (catalogue index, caller, path parameters, JSON body) → the call, or an ApiError.
