@@ -51,18 +51,22 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Coroutine, Optional
 
 import httptools
 from fastapi import FastAPI
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from ..auth import authenticate
+from ..auth import Caller, authenticate
 from ..errors import ApiError, error_response, unexpected_error
 from .fast import match_fast_route
-from .gateway import unless_gone
-from .routes import CLIENT_GONE, TYPED_ROUTES, Prepare, decode_body, typed
+from .gateway import ClientGone, Slot, unless_gone
+from .protocols import BadBackendBody
+from .proxy import Sent, UpstreamError
+from .routes import (CLIENT_GONE, TYPED_ROUTES, Forward, Prepare, Typed, decode_body, failure_response, forward_of,
+                     typed, typed_answer, upstream_error_response)
+from .turns import at_end_of_turn
 
 #: What the lane keeps of a typed route's URL: (template, checks, path parameters, path, raw path, query).
 Hit = tuple[str, Prepare, tuple[str, ...], str, bytes, bytes]
@@ -129,24 +133,46 @@ class ExpressLane:
             return None
         return hit
 
-    async def serve(self, protocol: "ExpressProtocol", request: LeanRequest) -> None:
-        """Answer ``request`` (its body is complete), or hand it to the ASGI app (see the module docstring)."""
-        template, prepare, params, path = request.hit[:4]
-        try:
-            response = await self._answer(protocol, request.headers, request.body, prepare, params)
-        except Exception as exc:  # noqa: BLE001 - a bug: logged, answered 500 in the API's shape
-            response = unexpected_error(path, exc)
-        if response is None:  # a streamed call
-            await protocol.to_asgi(request).run_asgi(protocol.app)
-            return
-        status = response.status_code
-        if status != CLIENT_GONE:
-            await protocol.write(request, response)
-        self.metrics.record("POST", path, template, status, time.perf_counter() - request.start)
+    def begin(self, protocol: "ExpressProtocol", request: LeanRequest) -> None:
+        """Answer ``request`` (its body is complete): at once, on a :class:`Flight`, or in a task.
 
-    async def _answer(self, protocol: "ExpressProtocol", headers: list[tuple[bytes, bytes]], body: bytearray,
-                      prepare: Prepare, params: tuple[str, ...]) -> Optional[Response]:
-        """The response, or ``None`` if the ASGI app should answer (a streamed call)."""
+        The checks run here, in the protocol's callback: a call they refuse is
+        answered at once.  A call that streams goes to the ASGI app.  A call
+        for a model that is up, with an idle connection to it in the pool, is
+        sent now and finished by that connection's callback (a
+        :class:`Flight`).  Anything else (a cold model to hold for, a
+        connection to open) is forwarded in a task, by the routes' own
+        :func:`~.routes.typed`.
+        """
+        gw = self.gateway
+        try:
+            template, prepare, params, path = request.hit[:4]
+            t = prepare(self.index, self._caller(request.headers), params, decode_body(request.body))
+            if t.call.stream:
+                protocol.start_asgi(request)
+                return
+            forward = forward_of(gw, t)
+            slot = gw.admit(t.model, t.call.op)
+        except ApiError as exc:
+            self.finish(protocol, request, error_response(exc))
+            return
+        except UpstreamError as exc:
+            self.finish(protocol, request, upstream_error_response(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug: logged, answered 500 in the API's shape
+            self.finish(protocol, request, unexpected_error(request.hit[3], exc))
+            return
+        if gw.ready_now(t.model):
+            flight = Flight(self, protocol, request, t, forward, slot)
+            sent = gw.forwarder.send_now(gw.base_url(t.model) + forward.route, forward.payload, forward.timeouts,
+                                         flight.landed)
+            if sent is not None:
+                flight.conn, flight.started = sent
+                protocol.flight = flight
+                return
+        protocol.serve_async(self.serve(protocol, request, t, forward, slot))
+
+    def _caller(self, headers: list[tuple[bytes, bytes]]) -> Caller:
         key = selected = None
         for name, value in headers:  # the first of repeated headers counts, as in Starlette's ``Headers``
             if name == b"x-api-key":
@@ -155,14 +181,105 @@ class ExpressLane:
             elif name == b"x-selected-account-id":
                 if selected is None:
                     selected = value.decode("latin-1")
+        return authenticate(self.keyring, key, selected)
+
+    async def serve(self, protocol: "ExpressProtocol", request: LeanRequest, t: Typed, forward: Forward, slot: Slot,
+                    sent: Optional[Sent] = None) -> None:
+        """Forward a checked, admitted call in a task (taking up the attempt a :class:`Flight` ``sent``)."""
         try:
-            who = authenticate(self.keyring, key, selected)
-            t = prepare(self.index, who, params, decode_body(body))
-            if t.call.stream:
-                return None
-            return await typed(self.gateway, protocol.guard, t)
-        except ApiError as exc:
-            return error_response(exc)
+            response = await typed(self.gateway, protocol.guard, t, forward=forward, slot=slot, sent=sent)
+        except Exception as exc:  # noqa: BLE001 - a bug: logged, answered 500 in the API's shape
+            response = unexpected_error(request.hit[3], exc)
+        status = response.status_code
+        if status != CLIENT_GONE:
+            await protocol.write(request, response)
+        self.record(request, status)
+
+    def finish(self, protocol: "ExpressProtocol", request: LeanRequest, response: Response) -> None:
+        """Send ``response`` now (in a task if the client is not reading: flow control) and record it."""
+        status = response.status_code
+        if status != CLIENT_GONE:
+            if protocol.flow.write_paused and not request.disconnected:
+                protocol.serve_async(self._finish_later(protocol, request, response))
+                return
+            protocol.write_now(request, response)
+        self.record(request, status)
+
+    async def _finish_later(self, protocol: "ExpressProtocol", request: LeanRequest, response: Response) -> None:
+        await protocol.write(request, response)
+        self.record(request, response.status_code)
+
+    def record(self, request: LeanRequest, status: int) -> None:
+        """The request's metrics and access line, as :class:`~..metrics.MetricsMiddleware` records them."""
+        self.metrics.record("POST", request.hit[3], request.hit[0], status, time.perf_counter() - request.start)
+
+
+class Flight:
+    """A checked, admitted call sent on an idle pooled connection, finished by its callback: no task.
+
+    Why: a task per request, and the chain of coroutines it runs through,
+    were about 7% of the API's CPU per proxied request (``docs/inference.md``,
+    Benchmark).  Most calls need no waiting but for the backend's answer, and
+    the connection can call back when that has all arrived
+    (:meth:`~.http1.Connection.send_then`).
+
+    What is done here is only the common case: a complete 2xx answer is turned
+    into the caller's answer with the same functions the routes use
+    (:meth:`~.gateway.Gateway.answered_json`, :func:`~.routes.typed_answer`,
+    :func:`~.routes.failure_response`).  Any other end (an error, a timeout, a
+    non-2xx status that may be retried or mapped, a body too large to buffer)
+    is handed to :meth:`ExpressLane.serve`, whose :func:`~.routes.typed` takes
+    the attempt up as if it had waited for it (:class:`~.proxy.Sent`).
+    A client that leaves meanwhile drops the backend call and is counted as
+    499, as in the routes.
+    """
+
+    __slots__ = ("lane", "protocol", "request", "t", "forward", "slot", "conn", "started", "over")
+
+    def __init__(self, lane: ExpressLane, protocol: "ExpressProtocol", request: LeanRequest, t: Typed,
+                 forward: Forward, slot: Slot):
+        self.lane = lane
+        self.protocol = protocol
+        self.request = request
+        self.t = t
+        self.forward = forward
+        self.slot = slot
+        self.conn: Any = None
+        self.started = 0.0
+        #: Finished (answered, handed over or abandoned by the client).
+        self.over = False
+
+    def landed(self, error: Optional[BaseException]) -> None:
+        """The connection's callback: the answer has all arrived, or the wait ended otherwise."""
+        if self.over:
+            return
+        self.over = True
+        protocol, request, conn, t, lane = self.protocol, self.request, self.conn, self.t, self.lane
+        protocol.flight = None
+        if error is not None or not conn.complete or not 200 <= conn.status < 300:
+            protocol.serve_async(lane.serve(protocol, request, t, self.forward, self.slot,
+                                            Sent(conn, self.started, error)))
+            return
+        gw = lane.gateway
+        try:
+            upstream = gw.forwarder.accept(t.model.name, conn, self.forward.timeouts, self.started)
+            response = typed_answer(t, self.forward.kind, gw.answered_json(t.model, upstream))
+            self.slot.finish(response.status_code)
+        except (UpstreamError, BadBackendBody) as exc:
+            response = failure_response(self.slot, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug: logged, answered 500 in the API's shape
+            self.slot.finish(500, type(exc).__name__)
+            response = unexpected_error(request.hit[3], exc)
+        lane.finish(protocol, request, response)
+
+    def client_gone(self) -> None:
+        """The client disconnected meanwhile: the backend call is dropped and counted, as in the routes."""
+        if self.over:
+            return
+        self.over = True
+        self.conn.abort()
+        failure_response(self.slot, ClientGone())
+        self.lane.record(self.request, CLIENT_GONE)
 
 
 def _route_url(url: bytes) -> Optional[Hit]:
@@ -201,8 +318,12 @@ class ExpressProtocol(HttpToolsProtocol):
         self._reading: Optional[LeanRequest] = None
         #: The lane's request being answered (at most one: the lane takes none while another is answered).
         self._answering: Optional[LeanRequest] = None
-        #: Its task (the one :meth:`guard` runs in).
+        #: Its task (the one :meth:`guard` runs in), when it is answered in one.
         self._serving: Optional[asyncio.Task[Any]] = None
+        #: Its flight, when it is answered on one.
+        self.flight: Optional[Flight] = None
+        #: Its response, waiting for the end of the loop's turn to be written.
+        self._out: Optional[tuple[LeanRequest, bytes]] = None
         #: When the connection last became idle (its last response sent, nothing read since); else ``None``.
         self._idle_since: Optional[float] = None
 
@@ -241,9 +362,17 @@ class ExpressProtocol(HttpToolsProtocol):
             return
         self._reading = None
         self._answering = request
-        task = self._serving = self.loop.create_task(self.lane.serve(self, request))
+        self.lane.begin(self, request)
+
+    def serve_async(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run the lane's ``work`` for the request being answered in a task (the one :meth:`guard` guards)."""
+        task = self._serving = self.loop.create_task(work)
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
+
+    def start_asgi(self, request: LeanRequest) -> None:
+        """Hand ``request`` (its body complete) to the ASGI app."""
+        self._start_asgi_task(self.to_asgi(request), self.app)
 
     # --- the lane's side ---------------------------------------------------------------------
 
@@ -291,9 +420,14 @@ class ExpressProtocol(HttpToolsProtocol):
         return request
 
     async def write(self, request: LeanRequest, response: Response) -> None:
-        """Send ``response`` for ``request`` and finish it as uvicorn's ``send`` finishes a complete body."""
+        """:meth:`write_now`, once the client reads again if it had stopped (flow control)."""
         if self.flow.write_paused and not request.disconnected:
             await self.flow.drain()
+        self.write_now(request, response)
+
+    def write_now(self, request: LeanRequest, response: Response) -> None:
+        """Send ``response`` for ``request`` when this turn of the loop ends (:mod:`.turns`), and finish it
+        there as uvicorn's ``send`` finishes a complete body."""
         if request.disconnected:
             return
         out = [STATUS_LINE[response.status_code]]
@@ -304,9 +438,20 @@ class ExpressProtocol(HttpToolsProtocol):
         if not request.keep_alive:
             out.append(b"connection: close\r\n")
         out += (b"\r\n", response.body)
-        self.transport.write(b"".join(out))
+        # at most one waits: the lane takes no request while one is being answered
+        self._out = (request, b"".join(out))
+        at_end_of_turn(self.loop, self._send_out)
+
+    def _send_out(self) -> None:
+        out, self._out = self._out, None
+        if out is None:
+            return
+        request, data = out
+        if request.disconnected:  # the client left before the turn ended
+            return
+        self.transport.write(data)
         request.response_started = request.response_complete = True
-        if not request.keep_alive:
+        if not request.keep_alive:  # asked for, or the server is shutting down (uvicorn's ``shutdown``)
             self.transport.close()
         self._answered()
 
@@ -380,6 +525,9 @@ class ExpressProtocol(HttpToolsProtocol):
         if self._guarded is not None and not self._gone:
             self._gone = True
             self._guarded.cancel()
+        flight, self.flight = self.flight, None
+        if flight is not None:
+            flight.client_gone()
 
 
 def express_protocol(app: FastAPI) -> type[ExpressProtocol]:

@@ -55,6 +55,8 @@ from urllib.parse import urlsplit
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from .turns import at_end_of_turn
+
 #: Body bytes buffered for the reader before the socket is paused.
 HIGH_WATER = 256 * 1024
 #: Parsed URLs kept (one per model route: the set is small and fixed).
@@ -144,6 +146,8 @@ class Connection(asyncio.Protocol):
         self.parser = HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
+        #: A request :meth:`send_then` will write at the end of the loop's turn.
+        self._out: Optional[bytes] = None
         #: Inside ``parser.feed_data`` (a :class:`_Notify` due then waits for it to return).
         self._feeding = False
         self._notify_due: Optional[_Notify] = None
@@ -313,9 +317,17 @@ class Connection(asyncio.Protocol):
         or abort it.  The callback runs from the event loop, never from inside
         the parser (so it may release the connection at once).
         """
-        self.send(data)
+        self._reset()
+        self.busy = True
+        self._out = data  # written when this turn of the loop ends (see .turns), with the turn's other writes
+        at_end_of_turn(self.loop, self._send_out)
         self._waiter = _Notify(self, callback)
         self._arm(self.loop.time() + timeout)
+
+    def _send_out(self) -> None:
+        data, self._out = self._out, None
+        if data is not None and not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]
 
     def _arm(self, deadline: float) -> None:
         """The current wait ends at ``deadline`` (see :meth:`_wait` for the one timer)."""

@@ -107,7 +107,7 @@ class _JsonAnswer(Response):
         self.raw_headers = [(b"content-length", b"%d" % len(content)), (b"content-type", b"application/json")]
 
 
-def _error(exc: UpstreamError) -> Response:
+def upstream_error_response(exc: UpstreamError) -> Response:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return api_error(exc.status, exc.detail, headers=headers)
 
@@ -132,7 +132,7 @@ async def _run(gw: Gateway, guard: Guard, model: Model, operation: str, work: Ca
         try:
             slot = gw.admit(model, operation)
         except UpstreamError as exc:
-            return _error(exc)
+            return upstream_error_response(exc)
     try:
         response = await guard(work(slot))
     except (UpstreamError, BadBackendBody, ClientGone) as exc:
@@ -149,7 +149,7 @@ def failure_response(slot: Slot, exc: "UpstreamError | BadBackendBody | ClientGo
     """The answer to a call that failed with ``exc``, its slot released with the failure's status and kind."""
     if isinstance(exc, UpstreamError):
         slot.finish(exc.status, exc.kind)
-        return _error(exc)
+        return upstream_error_response(exc)
     if isinstance(exc, BadBackendBody):
         slot.finish(502, "bad_response")
         return api_error(502, f"model '{slot.model.name}' answered a body of the wrong shape: {exc}")
