@@ -16,6 +16,7 @@ raw sockets where the wire matters: keep-alive, pipelining, ``Expect:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import select
@@ -32,7 +33,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api_helpers import running
 from sgp_infra.api import http_protocol
-from sgp_infra.api.inference import InferenceSettings
+from sgp_infra.api.inference import InferenceSettings, express
+from sgp_infra.api.inference.http1 import ReadTimeout
 from sgp_infra.api.logs import ACCESS_LOGGER
 from sgp_infra.demo_model import embed, overlap_score
 from test_inference_helpers import (ACCOUNT, HEADERS, KEY, FaultServer, backend_map, demo_backends, free_port,
@@ -45,11 +47,11 @@ GREETING = "echo: "
 #: 64 KiB read high-water mark (the large-body disconnect test).
 MAX_BODY = 256 * 1024
 #: Models added to the test catalogue, each served by a fault server (or nothing).
-FAULTY = ("down", "broken", "busy", "hang")
+FAULTY = ("down", "broken", "busy", "hang", "scripted")
 CATALOG = make_catalog({name: {"model_type": "COMPLETION", "model_template_id": "sgp-completion"}
                         for name in FAULTY})
 SETTINGS = dict(retries=2, backoff=0.01, wake_poll_interval=0.05, max_body_bytes=MAX_BODY,
-                overrides={"down": {"cold_start": 0.3}, "hang": {"read": 8}})
+                overrides={"down": {"cold_start": 0.3}, "hang": {"read": 8}, "scripted": {"read": 1}})
 COMPLETIONS = "/v4/models/{model_deployment_id}/completions"
 
 
@@ -95,6 +97,55 @@ class Hang:
         self.dropped += 1
 
 
+Step = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
+
+
+class Script:
+    """Answers each request with the next of ``steps`` (shared by every connection, in request order).
+
+    A step returns ``False`` to end its connection.  Keep-alive otherwise, so a
+    warm-up answer leaves an idle connection in the API's pool and the next call
+    goes out on it: for the express server, on a :class:`~sgp_infra.api.inference.express.Flight`.
+    """
+
+    def __init__(self) -> None:
+        self.steps: collections.deque[Step] = collections.deque()
+        self.hanging = 0
+        self.dropped = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            if await self.steps.popleft()(reader, writer) is False:
+                return
+
+    @staticmethod
+    def answer(status: int, body: bytes, extra: bytes = b"") -> Step:
+        async def step(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
+                         % (status, len(body), extra, body))
+            await writer.drain()
+        return step
+
+    @staticmethod
+    def ok(text: str = "fine") -> Step:
+        return Script.answer(200, json.dumps({"completions": [["p", [text]]], "finish_reason": "stop"}).encode())
+
+    @staticmethod
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.transport.abort()
+        return False
+
+    async def hang(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        self.hanging += 1
+        await reader.read()  # returns at EOF: when the API gives up on (drops) the request
+        self.dropped += 1
+        return False
+
+
 # --- the two servers ------------------------------------------------------------------------------
 
 
@@ -134,6 +185,7 @@ class Servers:
     plain: Api
     held: Held
     hang: Hang
+    script: Script
 
     def both(self) -> tuple[Api, Api]:
         return self.express, self.plain
@@ -148,18 +200,18 @@ def _api(backends: dict[str, str], express: bool) -> Any:
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[Servers]:
-    held, hang = Held(), Hang()
+    held, hang, script = Held(), Hang(), Script()
     with demo_backends(greeting=GREETING) as urls, FaultServer(_answer(500, b'{"detail": "CUDA OOM"}')) as broken, \
             FaultServer(_answer(503, b"busy", b"retry-after: 7\r\n")) as busy, FaultServer(held) as held_url, \
-            FaultServer(hang) as hang_url:
+            FaultServer(hang) as hang_url, FaultServer(script) as script_url:
         backends = backend_map(CATALOG, urls)
         backends.update({"down": f"http://127.0.0.1:{free_port()}", "broken": broken, "busy": busy,
-                         "tiny": held_url, "hang": hang_url})
+                         "tiny": held_url, "hang": hang_url, "scripted": script_url})
         (app_e, seen_e), (app_p, seen_p) = _api(backends, True), _api(backends, False)
         try:
             with running(app_e, express=True) as url_e, running(app_p, express=False) as url_p:
                 assert http_protocol(app_e, express=True) != "httptools"  # the lane really is on
-                yield Servers(Api(url_e, app_e, True, seen_e), Api(url_p, app_p, False, seen_p), held, hang)
+                yield Servers(Api(url_e, app_e, True, seen_e), Api(url_p, app_p, False, seen_p), held, hang, script)
         finally:
             held.release.set()
 
@@ -914,3 +966,94 @@ def test_account_selection_that_is_allowed_is_the_same(servers: Servers) -> None
     a, b = on_both(servers, "POST", "/v4/models/sgp-echo/completions", json={"prompt": "mine"}, headers=headers)
     assert a.status_code == 200
     assert_same(a, b, "selected own account")
+
+
+# === flights: calls sent on a warm connection, finished by its callback ============================
+
+SCRIPTED = "/v4/models/scripted/completions"
+
+
+@pytest.fixture
+def flights(monkeypatch: pytest.MonkeyPatch) -> list[Optional[BaseException]]:
+    """How each flight of the express server ended (its connection's callback), in order."""
+    ended: list[Optional[BaseException]] = []
+    landed = express.Flight.landed
+
+    def counted(self: express.Flight, error: Optional[BaseException]) -> None:
+        ended.append(error)
+        landed(self, error)
+
+    monkeypatch.setattr(express.Flight, "landed", counted)
+    return ended
+
+
+WARM = [
+    ("a 2xx answer", [Script.ok("all good")], 200),
+    ("503, retried, then 200", [Script.answer(503, b"busy"), Script.ok("second try")], 200),
+    ("500", [Script.answer(500, b'{"detail": "CUDA OOM"}')], 502),
+    ("422, passed on", [Script.answer(422, b'{"detail": "prompt too long"}')], 422),
+    ("a body that is not JSON", [Script.answer(200, b"<html>oops</html>")], 502),
+    ("a body of the wrong shape", [Script.answer(200, b'{"completions": 3}')], 502),
+    ("a reset before answering", [Script.reset], 502),
+    ("a body over the read-ahead buffer", [Script.ok("y" * (300 * 1024))], 200),
+]
+
+
+@pytest.mark.parametrize("what, steps, status", WARM, ids=[w[0] for w in WARM])
+def test_a_call_on_a_warm_connection_is_answered_as_the_async_path_answers_it(
+        servers: Servers, flights: list[Optional[BaseException]], what: str, steps: list[Step], status: int) -> None:
+    answers = []
+    for api in servers.both():
+        servers.script.steps.extend([Script.ok("warm-up"), *steps])
+        with httpx.Client(base_url=api.url, headers=HEADERS, timeout=30) as client:
+            assert client.post(SCRIPTED, json={"prompt": "p"}).status_code == 200
+            before = len(flights)
+            answers.append(client.post(SCRIPTED, json={"prompt": "p"}))
+            if api.express:
+                assert len(flights) > before, f"{what}: the express server sent the call without a flight"
+    assert not servers.script.steps
+    assert answers[0].status_code == status, answers[0].text
+    assert_same(answers[0], answers[1], what)
+
+
+def test_a_read_timeout_on_a_warm_connection_is_504_as_on_the_async_path(
+        servers: Servers, flights: list[Optional[BaseException]]) -> None:
+    script = servers.script
+    answers = []
+    for api in servers.both():
+        script.steps.extend([Script.ok("warm-up"), script.hang])
+        with httpx.Client(base_url=api.url, headers=HEADERS, timeout=30) as client:
+            assert client.post(SCRIPTED, json={"prompt": "p"}).status_code == 200
+            answers.append(client.post(SCRIPTED, json={"prompt": "p"}))  # the model's read timeout is 1 s
+    assert answers[0].status_code == 504 and "did not answer within 1 s" in answers[0].text
+    assert_same(answers[0], answers[1], "read timeout")
+    assert any(isinstance(e, ReadTimeout) for e in flights), "the timeout did not end a flight"
+    assert wait_for(lambda: script.dropped == script.hanging, 5), "a timed-out backend call was not dropped"
+
+
+def test_a_client_leaving_during_a_flight_drops_the_backend_call(
+        servers: Servers, flights: list[Optional[BaseException]]) -> None:
+    api, script = servers.express, servers.script
+    model = CATALOG.models["scripted"].object_name
+    script.steps.extend([Script.ok("warm-up"), script.hang])
+    hanging, dropped = script.hanging, script.dropped
+    with httpx.Client(base_url=api.url, headers=HEADERS, timeout=30) as client:
+        assert client.post(SCRIPTED, json={"prompt": "p"}).status_code == 200
+    before = api.metrics()
+    ended = len(flights)
+    with Raw(api.url) as raw:
+        raw.send(post(SCRIPTED, {"prompt": "p"}))
+        assert wait_for(lambda: script.hanging == hanging + 1, 10), "the backend never got the request"
+        assert api.in_flight("scripted") == 1
+    assert wait_for(lambda: api.in_flight("scripted") == 0, 4), "still in flight after the client left"
+    assert wait_for(lambda: script.dropped == dropped + 1, 4), "the backend call was not dropped"
+    assert len(flights) == ended, "the flight's callback ran for a call the client had left"
+    after = api.metrics()
+
+    def delta(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert delta("sgp_infra_model_errors_total", kind="client_disconnect", model=model) == 1
+    assert delta("sgp_infra_model_requests_total", model=model, operation="completion", code="499") == 1
+    assert delta("sgp_infra_api_requests_total", method="POST", route=COMPLETIONS, status="499") == 1
+    assert delta("sgp_infra_model_errors_total", kind="read_timeout", model=model) == 0
