@@ -160,8 +160,9 @@ def test_lines_left_by_a_stopped_loop_are_flushed(json_logging: io.StringIO) -> 
     assert [line["status"] for line in lines(json_logging)] == [200]
 
 
-def test_a_new_handler_mid_turn_keeps_the_order(json_logging: io.StringIO) -> None:
-    """Logging reconfigured while lines wait: they go to the handler they were formatted for, first."""
+def test_a_new_handler_mid_turn_takes_the_next_turns_lines(json_logging: io.StringIO) -> None:
+    """Logging reconfigured while lines wait: the turn's lines go to the handler its first line found
+    (only that line looks the handler up), the next turn's to the new one; none is lost or reordered."""
     json_handler_only()
     first = json_logging
     later = io.StringIO()
@@ -174,8 +175,18 @@ def test_a_new_handler_mid_turn_keeps_the_order(json_logging: io.StringIO) -> No
         root.handlers[:] = [replacement]
         logs.access_line({**FIELDS, "status": 404})
         await asyncio.sleep(0)
+        logs.access_line({**FIELDS, "status": 201})
+        await asyncio.sleep(0)
 
     asyncio.run(main())
-    assert [line["status"] for line in lines(first)] == [200]
-    assert [json.loads(line)["status"] for line in later.getvalue().splitlines()] == [404]
+    assert [line["status"] for line in lines(first)] == [200, 404]
+    assert [json.loads(line)["status"] for line in later.getvalue().splitlines()] == [201]
+
+
+def test_a_line_without_fields_is_still_json(json_logging: io.StringIO) -> None:
+    json_handler_only()
+    logs.access_line({})
+    line = lines(json_logging)[0]
+    assert {k: v for k, v in line.items() if k != "time"} == {"level": "info", "logger": logs.ACCESS_LOGGER,
+                                                               "message": "request"}
 

@@ -172,8 +172,17 @@ def access_line(fields: dict[str, Any]) -> None:
 
     Straight to the JSON handler when it is the only one the line reaches;
     inside a running event loop the line then waits for the end of the loop's
-    turn and is written with the others of that turn (:class:`_Batch`).
+    turn and is written with the others of that turn (:class:`_Batch`).  Only
+    the turn's first line looks the handler up; the others join its batch, so
+    logging reconfigured during a turn applies from the next turn on.
     """
+    batch: Optional[_Batch] = getattr(_batches, "batch", None)
+    if batch is not None and batch.lines and batch.loop is not None and batch.loop.is_running():
+        # Not the turn's first line: that one found the handler, and this code runs inside the batch's
+        # loop (the loop of this thread that is running).  So logging reconfigured during a turn
+        # applies from the next turn on.
+        batch.lines.append((time.time(), fields))
+        return
     logger = _access
     if not logger.isEnabledFor(logging.INFO):
         return
@@ -190,12 +199,30 @@ def access_line(fields: dict[str, Any]) -> None:
     _batch().add(handler, (created, fields), loop)
 
 
+#: What every access line has between its time and its fields.
+_HEAD = b'","level":"info","logger":"' + ACCESS_LOGGER.encode() + b'","message":"request"'
+#: The last millisecond formatted and its stamp (lines of one millisecond share it).
+_last_stamp: tuple[int, bytes] = (-1, b"")
+
+
 def _format(handler: JsonHandler, created: float, fields: dict[str, Any]) -> bytes:
-    """The access line, in the bytes ``logging`` and :class:`JsonFormatter` would have written."""
+    """The access line, in the bytes ``logging`` and :class:`JsonFormatter` would have written.
+
+    ``fields`` must not use the line's own keys (``time``, ``level``, ``logger``, ``message``).
+    """
+    global _last_stamp
     # LogRecord's own millisecond rule, so the line is the one logging would have written.
-    stamp = _STAMPS._time_at(created, int((created - int(created)) * 1000))
-    return orjson.dumps({"time": stamp, "level": "info", "logger": ACCESS_LOGGER, "message": "request",
-                         **fields}, default=str) + handler.terminator.encode()
+    second = int(created)
+    millis = int((created - second) * 1000)
+    at = second * 1000 + millis
+    if _last_stamp[0] == at:
+        stamp = _last_stamp[1]
+    else:
+        stamp = _STAMPS._time_at(created, millis).encode()
+        _last_stamp = (at, stamp)
+    body = orjson.dumps(fields, default=str)
+    return b"".join((b'{"time":"', stamp, _HEAD, b"}" if body == b"{}" else b"," + body[1:],
+                     handler.terminator.encode()))
 
 
 def configure_json_logging(level: int = logging.INFO, *, access_log: bool = True) -> None:
