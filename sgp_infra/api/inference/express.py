@@ -17,26 +17,34 @@ completions), and nothing asks for the general path (no earlier request still
 being answered on the connection, no ``Expect: 100-continue``, no root path,
 no OpenTelemetry provider, no upgrade), the protocol takes the request as a
 :class:`LeanRequest` instead of building uvicorn's scope and request cycle:
-it keeps the body, and when the body is complete :meth:`ExpressLane.serve`
+it keeps the body, and when the body is complete :meth:`ExpressLane.begin`
 
-1. authenticates, checks and forwards with the very functions the FastAPI
-   routes use (:func:`~..auth.authenticate`, :data:`~.routes.TYPED_ROUTES`,
-   :func:`~.routes.typed`);
-2. writes the response's bytes itself and records the same request metrics
+1. authenticates, checks, admits and forwards with the very functions the
+   FastAPI routes use (:func:`~..auth.authenticate`,
+   :data:`~.routes.TYPED_ROUTES`, :func:`~.routes.forward_of`,
+   :meth:`~.gateway.Gateway.admit`, :func:`~.routes.typed`);
+2. for a model that is up, with an idle connection to it in the pool, sends
+   the call at once and lets that connection's callback finish it (a
+   :class:`Flight`: no task, no coroutine); anything else (a cold model to
+   hold for, a connection to open, a backend answer other than a complete
+   2xx) is forwarded in a task by :func:`~.routes.typed`;
+3. writes the response's bytes itself, at the end of the loop's turn with the
+   turn's other writes (:mod:`.turns`), and records the same request metrics
    and access line as :class:`~..metrics.MetricsMiddleware`.
 
 A request that turns out to need the ASGI app (the call streams, or the body
 goes over the limit, which the route answers with 413) is handed over *as
 uvicorn would have built it*: the lean request becomes a uvicorn request cycle
-with the same scope and the body read so far (:meth:`ExpressProtocol._to_asgi`),
+with the same scope and the body read so far (:meth:`ExpressProtocol.to_asgi`),
 and the app answers it as it answers every other request.
 
 So the answers, errors (``ApiError`` shape, 429, 502-504, ``Retry-After``),
 in-flight accounting and cold-start holds are those of the routes; only the
 plumbing between the socket and them is shorter.  A client that disconnects
 cancels the backend request at once: :meth:`ExpressProtocol.connection_lost`
-cancels the guarded work, and a client that leaves before its body is
-complete is counted as 499, as the route counts it.
+cancels the guarded work or drops the flight's backend call, and a client
+that leaves before its body is complete is counted as 499, as the route
+counts it.
 
 Coupling: this subclasses uvicorn's ``HttpToolsProtocol``; it overrides the
 parser callbacks and hands requests over through ``RequestResponseCycle``,
@@ -91,7 +99,7 @@ class LeanRequest(RequestResponseCycle):
 
     It stands in ``protocol.cycle`` while it is answered, so uvicorn's own
     checks (is a response in progress? ``connection_lost``, ``shutdown``)
-    see it as they would see a cycle.  :meth:`ExpressProtocol._to_asgi` makes
+    see it as they would see a cycle.  :meth:`ExpressProtocol.to_asgi` makes
     it a full ``RequestResponseCycle`` when the ASGI app must answer.
     """
 
