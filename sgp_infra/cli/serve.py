@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--express", action=argparse.BooleanOptionalAction, default=True,
                         help="answer non-streamed typed inference (completions, chat, embeddings, rerankings) "
                              "at the HTTP protocol level, without the ASGI stack (default on; same answers, "
-                             "about half the CPU per request, see docs/inference.md)")
+                             "under half the CPU per request, see docs/inference.md)")
     parser.add_argument("--reuse-port", action="store_true",
                         help="bind with SO_REUSEPORT, so several serve processes share --port and the kernel "
                              "spreads connections over them (one process uses one core; in a cluster, scale "
