@@ -70,6 +70,7 @@ from ..auth import Caller, authenticate
 from ..errors import ApiError, error_response, unexpected_error
 from .fast import match_fast_route
 from .gateway import ClientGone, Slot, unless_gone
+from .http1 import Connection
 from .protocols import BadBackendBody
 from .proxy import Sent, UpstreamError
 from .routes import (CLIENT_GONE, TYPED_ROUTES, Forward, Prepare, Typed, decode_body, failure_response, forward_of,
@@ -154,7 +155,7 @@ class ExpressLane:
         """
         gw = self.gateway
         try:
-            template, prepare, params, path = request.hit[:4]
+            prepare, params = request.hit[1], request.hit[2]
             t = prepare(self.index, self._caller(request.headers), params, decode_body(request.body))
             if t.call.stream:
                 protocol.start_asgi(request)
@@ -225,11 +226,15 @@ class ExpressLane:
 class Flight:
     """A checked, admitted call sent on an idle pooled connection, finished by its callback: no task.
 
-    Why: a task per request, and the chain of coroutines it runs through,
-    were about 7% of the API's CPU per proxied request (``docs/inference.md``,
-    Benchmark).  Most calls need no waiting but for the backend's answer, and
-    the connection can call back when that has all arrived
-    (:meth:`~.http1.Connection.send_then`).
+    Why: most calls wait for nothing but the backend's answer, and the
+    connection can call back when that has all arrived
+    (:meth:`~.http1.Connection.send_then`), so a task per call and the chain
+    of coroutines it ran through (guard, admission, gateway, forwarder, the
+    connection's waiter future) are not needed for them.  Together with the
+    writes made at the end of the loop's turn (:mod:`.turns`) this cut the
+    API's CPU per proxied request by about 15% (``docs/inference.md``,
+    Benchmark); alone it measured within noise, because answering from
+    callbacks spaced the writes out.
 
     What is done here is only the common case: a complete 2xx answer is turned
     into the caller's answer with the same functions the routes use
@@ -252,7 +257,8 @@ class Flight:
         self.t = t
         self.forward = forward
         self.slot = slot
-        self.conn: Any = None
+        #: The connection it was sent on, and when (set once sent: :meth:`ExpressLane.begin`).
+        self.conn: Optional[Connection] = None
         self.started = 0.0
         #: Finished (answered, handed over or abandoned by the client).
         self.over = False
@@ -263,8 +269,9 @@ class Flight:
             return
         self.over = True
         protocol, request, conn, t, lane = self.protocol, self.request, self.conn, self.t, self.lane
+        assert conn is not None
         protocol.flight = None
-        if error is not None or not conn.complete or not 200 <= conn.status < 300:
+        if error is not None or conn.error is not None or not conn.complete or not 200 <= conn.status < 300:
             protocol.serve_async(lane.serve(protocol, request, t, self.forward, self.slot,
                                             Sent(conn, self.started, error)))
             return
@@ -285,7 +292,8 @@ class Flight:
         if self.over:
             return
         self.over = True
-        self.conn.abort()
+        if self.conn is not None:
+            self.conn.abort()
         failure_response(self.slot, ClientGone())
         self.lane.record(self.request, CLIENT_GONE)
 

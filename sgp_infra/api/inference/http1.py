@@ -308,14 +308,14 @@ class Connection(asyncio.Protocol):
     def send_then(self, data: bytes, timeout: float, callback: Callable[[Optional[BaseException]], None]) -> None:
         """Send ``data`` (a request) and call ``callback(error)`` once, without a task waiting.
 
-        Called with ``None`` when the response is complete, or when more than
-        ``HIGH_WATER`` bytes of its body are waiting (the connection stops
-        reading ahead: read the rest with :meth:`read`); with the error when
-        the exchange fails (a :class:`ClientError`: ``error`` is also set) or
-        with a :class:`ReadTimeout` when no response came within ``timeout``.
-        Then the connection is the caller's as after :meth:`response`: release
-        or abort it.  The callback runs from the event loop, never from inside
-        the parser (so it may release the connection at once).
+        Called with ``None`` when the response is complete, when the exchange
+        failed (``error`` says how), or when more than ``HIGH_WATER`` bytes of
+        its body are waiting (the connection stops reading ahead: read the rest
+        with :meth:`read`); with a :class:`ReadTimeout` when nothing more came
+        within ``timeout``.  Then the connection is the caller's as it would be
+        after that wait in :meth:`response` or :meth:`read`: with ``None``
+        they return or raise at once.  The callback runs from the event loop,
+        never from inside the parser (so it may release the connection).
         """
         self._reset()
         self.busy = True
@@ -343,11 +343,11 @@ class Connection(asyncio.Protocol):
         """Until a parser callback or the connection's end wakes us; :class:`ReadTimeout` after ``timeout``.
 
         One timer per connection, not one per wait: arming and cancelling a
-        timer for every response was about 2% of the API's CPU per proxied
-        request.  A wait sets its deadline; the armed timer is moved only when
-        the new deadline is earlier than it.  When it fires it ends a wait
-        past its deadline, re-arms for a wait whose deadline is later, and
-        stops when nothing waits (an idle connection).
+        timer for every response costs about 1.8 µs under uvloop.  A wait
+        sets its deadline; the armed timer is moved only when the new
+        deadline is earlier than it.  When it fires it ends a wait past its
+        deadline, re-arms for a wait whose deadline is later, and stops when
+        nothing waits (an idle connection).
         """
         loop = self.loop
         waiter = self._waiter = loop.create_future()
@@ -461,7 +461,7 @@ class _Notify:
         if conn._feeding:
             conn._notify_due = self  # Connection.data_received calls back once the parser returns
         else:
-            self.fire(conn.error)
+            self.fire(None)
 
     def set_exception(self, exc: BaseException) -> None:
         self.fire(exc)

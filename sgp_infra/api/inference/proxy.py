@@ -48,9 +48,10 @@ KEEPALIVE = 4.0
 class Sent(NamedTuple):
     """A first attempt the express lane already sent (:meth:`Forwarder.send_now`) and how its wait ended.
 
-    :meth:`Forwarder.open` takes it up from there: ``error`` (a failure or a
-    :class:`ReadTimeout`) is reported as if it had been waited for there, and a
-    response that did arrive is handled as any other.
+    :meth:`Forwarder.open` takes it up from there: a :class:`ReadTimeout`
+    ``error`` is reported as if it had been waited for there; otherwise the
+    connection's own state (the response, or its ``error``) is read as after
+    any other wait.
     """
 
     conn: Connection

@@ -5,10 +5,11 @@ Why: the proxy's CPU per request depends on how its writes are spaced.  A
 reader (the load generator, the model server), and on a virtual machine a
 wake-up costs more than the write itself.  Writes made back to back find the
 reader still awake.  The express lane answers most calls from I/O callbacks
-(:class:`~.express.Flight`), where each write used to follow the parsing of
-one message, spaced by it; deferring them to the end of the turn made them
-bursts again, and measured about 9% less API CPU per proxied request on the
-benchmark machine (``docs/inference.md``, Benchmark).
+(:class:`~.express.Flight`), where each write followed the parsing of one
+message, spaced out by it; made at the end of the turn they are bursts
+again.  Flights and these writes together measured about 15% less API CPU
+per proxied request than a task per call on the benchmark machine
+(``docs/inference.md``, Benchmark).
 
 Nothing waits longer than the current turn of the loop: an action added
 during a turn runs right after the I/O callbacks of that turn, in the order
