@@ -71,6 +71,7 @@ class Gateway:
         #: Per model object name; the same dict the in-flight gauge is read from.
         self.in_flight: dict[str, int] = metrics.in_flight_counts
         self._base_urls: dict[str, str] = {}
+        self._timeouts: dict[str, tuple[Model, Timeouts]] = {}
 
     async def aclose(self) -> None:
         await self.waker.close()
@@ -86,7 +87,11 @@ class Gateway:
         return url
 
     def timeouts(self, model: Model, read: Optional[float] = None) -> Timeouts:
-        t = self.settings.timeouts(model)
+        # Memoised per model object: models are frozen (an update through the API is a new object).
+        entry = self._timeouts.get(model.name)
+        if entry is None or entry[0] is not model:
+            entry = self._timeouts[model.name] = (model, self.settings.timeouts(model))
+        t = entry[1]
         return t if read is None else Timeouts(t.connect, read, t.cold_start)
 
     # --- admission ------------------------------------------------------------

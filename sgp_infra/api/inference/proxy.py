@@ -295,10 +295,10 @@ class Forwarder:
         """:meth:`read` for a response that has all arrived (``upstream.conn.complete``): no waiting."""
         cap = self.settings.max_response_bytes
         try:
-            self._check_length(upstream, cap)
             data = upstream.conn.take() or b""
             upstream._complete = True
-            if len(data) > cap:
+            if len(data) > cap:  # the same error as read(): by the announced length first
+                self._check_length(upstream, cap)
                 raise _too_large(upstream.label, cap)
             return data
         finally:
