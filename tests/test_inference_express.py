@@ -243,6 +243,19 @@ def wait_for(check: Callable[[], bool], timeout: float) -> bool:
     return check()
 
 
+def assert_counted_as_client_gone(api: "Api", before: str, model: str) -> None:
+    """Since the ``before`` scrape, one completion of ``model`` was counted as the client leaving (499)."""
+    after = api.metrics()
+
+    def delta(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert delta("sgp_infra_model_errors_total", kind="client_disconnect", model=model) == 1
+    assert delta("sgp_infra_model_requests_total", model=model, operation="completion", code="499") == 1
+    assert delta("sgp_infra_api_requests_total", method="POST", route=COMPLETIONS, status="499") == 1
+    assert delta("sgp_infra_model_errors_total", kind="read_timeout", model=model) == 0
+
+
 def comparable_headers(r: httpx.Response) -> list[tuple[str, str]]:
     return [(k, v) for k, v in r.headers.multi_items() if k != "date"]
 
@@ -921,15 +934,7 @@ def test_client_disconnect_cancels_the_backend_request(servers: Servers, api: Ap
         assert gone, (f"express={api.express}, {size} body: the model's in-flight count is still "
                       f"{api.in_flight('hang')} {time.monotonic() - left:.1f} s after the client disconnected")
         assert wait_for(lambda: hang.dropped == dropped + 1, 5), "the backend request was not cancelled"
-        after = api.metrics()
-
-        def delta(name: str, **labels: str) -> float:
-            return sample(after, name, **labels) - sample(before, name, **labels)
-
-        assert delta("sgp_infra_model_errors_total", kind="client_disconnect", model=model) == 1
-        assert delta("sgp_infra_model_requests_total", model=model, operation="completion", code="499") == 1
-        assert delta("sgp_infra_api_requests_total", method="POST", route=COMPLETIONS, status="499") == 1
-        assert delta("sgp_infra_model_errors_total", kind="read_timeout", model=model) == 0
+        assert_counted_as_client_gone(api, before, model)
         # the API still answers, on a new connection
         r = httpx.post(f"{api.url}/v4/models/sgp-echo/completions", json={"prompt": "still"}, headers=HEADERS,
                        timeout=30)
@@ -1048,12 +1053,4 @@ def test_a_client_leaving_during_a_flight_drops_the_backend_call(
     assert wait_for(lambda: api.in_flight("scripted") == 0, 4), "still in flight after the client left"
     assert wait_for(lambda: script.dropped == dropped + 1, 4), "the backend call was not dropped"
     assert len(flights) == ended, "the flight's callback ran for a call the client had left"
-    after = api.metrics()
-
-    def delta(name: str, **labels: str) -> float:
-        return sample(after, name, **labels) - sample(before, name, **labels)
-
-    assert delta("sgp_infra_model_errors_total", kind="client_disconnect", model=model) == 1
-    assert delta("sgp_infra_model_requests_total", model=model, operation="completion", code="499") == 1
-    assert delta("sgp_infra_api_requests_total", method="POST", route=COMPLETIONS, status="499") == 1
-    assert delta("sgp_infra_model_errors_total", kind="read_timeout", model=model) == 0
+    assert_counted_as_client_gone(api, before, model)

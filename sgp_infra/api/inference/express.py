@@ -199,24 +199,24 @@ class ExpressLane:
             response = await typed(self.gateway, protocol.guard, t, forward=forward, slot=slot, sent=sent)
         except Exception as exc:  # noqa: BLE001 - a bug: logged, answered 500 in the API's shape
             response = unexpected_error(request.hit[3], exc)
-        status = response.status_code
-        if status != CLIENT_GONE:
-            await protocol.write(request, response)
-        self.record(request, status)
+        await self.finish_async(protocol, request, response)
 
     def finish(self, protocol: "ExpressProtocol", request: LeanRequest, response: Response) -> None:
         """Send ``response`` now (in a task if the client is not reading: flow control) and record it."""
         status = response.status_code
         if status != CLIENT_GONE:
             if protocol.flow.write_paused and not request.disconnected:
-                protocol.serve_async(self._finish_later(protocol, request, response))
+                protocol.serve_async(self.finish_async(protocol, request, response))
                 return
             protocol.write_now(request, response)
         self.record(request, status)
 
-    async def _finish_later(self, protocol: "ExpressProtocol", request: LeanRequest, response: Response) -> None:
-        await protocol.write(request, response)
-        self.record(request, response.status_code)
+    async def finish_async(self, protocol: "ExpressProtocol", request: LeanRequest, response: Response) -> None:
+        """:meth:`finish`, waiting in the task for the client to read again if it had stopped."""
+        status = response.status_code
+        if status != CLIENT_GONE:
+            await protocol.write(request, response)
+        self.record(request, status)
 
     def record(self, request: LeanRequest, status: int) -> None:
         """The request's metrics and access line, as :class:`~..metrics.MetricsMiddleware` records them."""
