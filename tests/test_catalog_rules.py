@@ -391,3 +391,50 @@ def test_all_errors_reported_together() -> None:
     raw["models"]["m5"] = v5_model(min_workers=5, max_workers=1)
     raw["templates"]["t2"] = template(endpoint_type="BATCH")
     assert len(errors_of(raw)) >= 3
+
+
+# --- sgp-infra extensions: inference and async_tasks ---------------------------
+
+
+def test_inference_extension_defaults_by_model_type() -> None:
+    catalog = build_catalog(raw_catalog())
+    for model in catalog.models.values():
+        assert model.inference.cold_start_hold_seconds == 50.0
+        assert model.inference.connect_timeout_seconds == 5.0
+        if model.model_type.upper() in ("COMPLETION", "CHAT_COMPLETION"):
+            assert model.inference.routing == "prefix-affinity"
+        else:
+            assert model.inference.routing == "least-load"
+        expected_read = 60.0 if model.model_type.upper() in ("EMBEDDING", "RERANKING") else 300.0
+        assert model.inference.read_timeout_seconds == expected_read
+        assert model.async_tasks.max_deliveries == 3
+
+
+def test_inference_extension_model_overrides_template_field_by_field() -> None:
+    raw = raw_catalog()
+    tname, template = next(iter(raw["templates"].items()))
+    template["inference"] = {"read_timeout_seconds": 30, "routing": "service"}
+    template["async_tasks"] = {"max_deliveries": 5, "task_timeout_seconds": 120}
+    mname = next(n for n, m in raw["models"].items() if m.get("model_template_id") == tname)
+    raw["models"][mname]["inference"] = {"routing": "least-load", "cold_start_hold_seconds": 10}
+    raw["models"][mname]["async_tasks"] = {"task_timeout_seconds": 60}
+    model = build_catalog(raw).models[mname]
+    assert model.inference.read_timeout_seconds == 30.0      # the template's
+    assert model.inference.routing == "least-load"           # the model's own
+    assert model.inference.cold_start_hold_seconds == 10.0
+    assert model.async_tasks.max_deliveries == 5
+    assert model.async_tasks.task_timeout_seconds == 60
+
+
+def test_inference_extension_rejects_unknown_and_out_of_range_fields() -> None:
+    raw = raw_catalog()
+    mname = next(iter(raw["models"]))
+    raw["models"][mname]["inference"] = {"routing": "round-robin", "read_timout_seconds": 3,
+                                         "load_bound_factor": 0.5}
+    with pytest.raises(CatalogInvalid) as info:
+        build_catalog(raw)
+    text = str(info.value)
+    assert f"sgp-infra:models.{mname}.inference.routing" in text
+    assert f"sgp-infra:models.{mname}.inference.read_timout_seconds: unknown field (did you mean " \
+           "'read_timeout_seconds'?)" in text
+    assert f"sgp-infra:models.{mname}.inference.load_bound_factor" in text

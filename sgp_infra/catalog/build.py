@@ -30,7 +30,7 @@ from .entities import (
     RequiredResources,
 )
 from .errors import CatalogInvalid, ConfigError, config_path
-from .model import Catalog, Group, Model, Template
+from .model import Catalog, Group, Model, Template, resolve_async_tasks, resolve_inference
 from .naming import EntityKind, entity_id, image_ref_problems, object_name, object_name_problem
 from .params import check_parameters, inject, placeholders, render_value
 from .settings import CATALOG_KEYS, SECRET_KEYS, StackSettings
@@ -294,6 +294,8 @@ class _Builder:
             endpoint_type=t.spec.endpoint_type, endpoint_protocol=t.spec.endpoint_protocol,
             cpus=ec.cpus, memory=ec.memory, storage=ec.storage, gpus=ec.gpus, gpu_type=ec.gpu_type,
             min_workers=min_w, max_workers=max_w, per_worker=per_w, high_priority=ec.high_priority,
+            inference=resolve_inference(spec.model_type, t.spec.inference, spec.inference),
+            async_tasks=resolve_async_tasks(t.spec.async_tasks, spec.async_tasks),
         )
 
     def _resolve_v5(self, name: str, spec: ModelV5, acc: str, mid: str, group: Optional[str]) -> Model:
@@ -316,6 +318,8 @@ class _Builder:
             cpus=infra.cpus, memory=infra.memory, storage=infra.storage, gpus=infra.gpus,
             gpu_type=infra.gpu_type, min_workers=infra.min_workers, max_workers=infra.max_workers,
             per_worker=infra.per_worker, high_priority=infra.high_priority, labels=dict(infra.labels),
+            inference=resolve_inference(spec.model_type, spec.inference),
+            async_tasks=resolve_async_tasks(spec.async_tasks),
         )
 
     def _memberships(self, groups: Mapping[str, tuple[str, str, ModelGroup]],

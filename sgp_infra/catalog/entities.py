@@ -42,6 +42,7 @@ MIG_GPU_TYPES = frozenset({"nvidia-hopper-h100-1g20gb", "nvidia-hopper-h100-3g40
 ParameterType = Literal["str", "int", "float", "bool"]
 TrainingDatasetSchemaType = Literal["GENERATION", "RERANKING_QUESTIONS"]
 UiModelSectionType = Literal["PARTNER", "OPENSOURCE", "CUSTOM"]
+RoutingStrategy = Literal["least-load", "prefix-affinity", "service"]
 
 
 def _quantity(value: Any) -> Any:
@@ -80,6 +81,53 @@ class _Entity(_Strict):
     id: Optional[str] = None
     created_at: Optional[str] = None
     created_by_user_id: Optional[str] = None
+
+
+# --- sgp-infra extensions shared by templates and models ----------------------
+
+
+class InferenceOptions(_Strict):
+    """sgp-infra extension: how the API serves a model's inference.
+
+    Written on a template, it is the default for the template's models; written
+    on a model, each field set overrides the template's.  Unset fields take the
+    defaults documented in ``docs/inference.md``.
+    """
+
+    connect_timeout_seconds: Optional[float] = Field(
+        default=None, gt=0, le=600, description="Time to open a connection to a model pod (default 5).")
+    read_timeout_seconds: Optional[float] = Field(
+        default=None, gt=0, le=3600,
+        description="Time to the answer's headers and the longest gap between stream chunks "
+                    "(default 300; 60 for EMBEDDING and RERANKING models).")
+    cold_start_hold_seconds: Optional[float] = Field(
+        default=None, ge=0, le=3600,
+        description="How long one request is held while the model wakes from zero before it gets a 503 "
+                    "with Retry-After (default 50, below the official clients' 60 s timeout).")
+    routing: Optional[RoutingStrategy] = Field(
+        default=None,
+        description="How a call picks one of the model's pods: least-load, prefix-affinity or service "
+                    "(default prefix-affinity for COMPLETION and CHAT_COMPLETION models, else least-load).")
+    load_bound_factor: Optional[float] = Field(
+        default=None, ge=1.0, le=10.0,
+        description="prefix-affinity's load bound: no pod takes more than this times the mean load "
+                    "(default 1.25).")
+
+
+class AsyncTaskOptions(_Strict):
+    """sgp-infra extension for ASYNC endpoints: task limits and result retention.
+
+    Like :class:`InferenceOptions`, a template sets defaults and a model
+    overrides them field by field.
+    """
+
+    task_timeout_seconds: Optional[int] = Field(
+        default=None, ge=1, le=86400, description="Longest time one delivery of a task may run (default 600).")
+    result_ttl_seconds: Optional[int] = Field(
+        default=None, ge=60, le=30 * 86400, description="How long a task's result is kept (default 86400).")
+    max_deliveries: Optional[int] = Field(
+        default=None, ge=1, le=100,
+        description="Deliveries before a task whose worker keeps failing ends FAILURE (default 3).")
 
 
 # --- model templates (seed 002) -----------------------------------------------
@@ -152,6 +200,9 @@ class ModelTemplate(_Entity):
     model_creation_parameters_schema: Optional[ParameterSchema] = None
     model_request_parameters_schema: Optional[ParameterSchema] = None
     endpoint_protocol: EndpointProtocol = "SGP"
+    #: sgp-infra extensions (defaults for the template's models).
+    inference: Optional[InferenceOptions] = None
+    async_tasks: Optional[AsyncTaskOptions] = None
 
 
 # --- v4 models (scale-gp ModelCreateParams) ----------------------------------
@@ -180,7 +231,8 @@ class ModelV4(_Entity):
     ``min_workers``, ``max_workers`` and ``per_worker`` are sgp-infra
     extensions: per-model scaling bounds that override the template's
     ``endpoint_config`` (``pulumi config set --path
-    'sgp-infra:models.<name>.min_workers' 2``).
+    'sgp-infra:models.<name>.min_workers' 2``); so are ``inference`` and
+    ``async_tasks``, which override the template's field by field.
     """
 
     model_type: ModelType
@@ -197,6 +249,8 @@ class ModelV4(_Entity):
     min_workers: Optional[int] = Field(default=None, ge=0)
     max_workers: Optional[int] = Field(default=None, ge=0)
     per_worker: Optional[int] = Field(default=None, ge=1)
+    inference: Optional[InferenceOptions] = None
+    async_tasks: Optional[AsyncTaskOptions] = None
 
 
 # --- v5 models (scale-gp-beta LaunchVendorConfiguration, seed 004) -----------
@@ -250,6 +304,9 @@ class ModelV5(_Entity):
     vendor_configuration: V5VendorConfiguration
     model_metadata: dict[str, Any] = Field(default_factory=dict)
     on_conflict: Optional[Literal["error", "update"]] = None
+    #: sgp-infra extensions (see :class:`InferenceOptions`, :class:`AsyncTaskOptions`).
+    inference: Optional[InferenceOptions] = None
+    async_tasks: Optional[AsyncTaskOptions] = None
 
 
 # --- model groups (seed 003, scale-gp ModelGroupCreateParams) ----------------

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Optional, Union
 
+from .entities import AsyncTaskOptions, InferenceOptions
 from .entities import ModelGroup as ModelGroupSpec
 from .entities import ModelTemplate as ModelTemplateSpec
 from .entities import ModelV4, ModelV5
@@ -30,6 +31,58 @@ class Template:
     @property
     def path(self) -> str:
         return config_path("templates", self.name)
+
+
+#: Model types whose calls are short (embeddings, reranking): a shorter default read timeout.
+SHORT_CALL_TYPES = frozenset({"EMBEDDING", "RERANKING"})
+#: Model types that generate from a prompt: prefix affinity is their default routing.
+PROMPT_TYPES = frozenset({"COMPLETION", "CHAT_COMPLETION"})
+
+
+@dataclass(frozen=True)
+class ModelInference:
+    """How the API serves one model's inference: the ``inference`` extension resolved.
+
+    Every field has its value: the model's own, else its template's, else the
+    default (see :func:`resolve_inference`).
+    """
+
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 300.0
+    cold_start_hold_seconds: float = 50.0
+    routing: str = "least-load"
+    load_bound_factor: float = 1.25
+
+
+@dataclass(frozen=True)
+class AsyncTasks:
+    """An ASYNC model's task limits: the ``async_tasks`` extension resolved."""
+
+    task_timeout_seconds: int = 600
+    result_ttl_seconds: int = 86400
+    max_deliveries: int = 3
+
+
+def resolve_inference(model_type: str, *layers: Optional[InferenceOptions]) -> ModelInference:
+    """The model's inference settings: later ``layers`` (the model's own) win field by field."""
+    short = model_type.upper() in SHORT_CALL_TYPES
+    values: dict[str, Any] = {
+        "read_timeout_seconds": 60.0 if short else 300.0,
+        "routing": "prefix-affinity" if model_type.upper() in PROMPT_TYPES else "least-load",
+    }
+    for layer in layers:
+        if layer is not None:
+            values.update(layer.model_dump(exclude_none=True))
+    return ModelInference(**values)
+
+
+def resolve_async_tasks(*layers: Optional[AsyncTaskOptions]) -> AsyncTasks:
+    """The ASYNC task limits: later ``layers`` (the model's own) win field by field."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        if layer is not None:
+            values.update(layer.model_dump(exclude_none=True))
+    return AsyncTasks(**values)
 
 
 @dataclass(frozen=True)
@@ -72,6 +125,9 @@ class Model:
     per_worker: int
     high_priority: bool
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: sgp-infra extensions, resolved (template defaults, then the model's own).
+    inference: ModelInference = field(default_factory=ModelInference)
+    async_tasks: AsyncTasks = field(default_factory=AsyncTasks)
 
     @property
     def path(self) -> str:
