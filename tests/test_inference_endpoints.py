@@ -273,3 +273,16 @@ def test_static_endpoints_report_each_model_once() -> None:
     assert source.pods("echo") == seen.pods["echo"] and source.pods("other") == frozenset()
     r = Replicas("least-load", source.pods("echo"))
     assert r.pick().pod in seen.pods["echo"]
+
+
+def test_changing_the_watched_services_reports_added_and_dropped_ones() -> None:
+    seen = Seen()
+    w = EndpointSliceWatcher(NS, seen, ["llama"], configuration=Configuration(host="http://127.0.0.1:9"))
+    w.index.put(endpoint_slice("llama-a", "llama", [("10.0.0.1", True)]))
+    w.index.put(endpoint_slice("mistral-a", "mistral", [("10.0.1.1", True)]))
+    w.set_services(["llama"])
+    assert seen.calls == [("llama", pods("10.0.0.1"))]
+    w.set_services(["mistral"])  # a catalogue update: llama gone, mistral new
+    assert seen.calls[1:] == [("llama", frozenset()), ("mistral", pods("10.0.1.1"))]
+    w.set_services(None)
+    assert seen.calls[3:] == [("llama", pods("10.0.0.1"))]
