@@ -123,3 +123,10 @@ def test_restricted_pod_security() -> None:
     role = next(m for m in plan_api(CATALOG) if m["kind"] == "Role")
     verbs = {v for rule in role["rules"] for v in rule["verbs"]}
     assert verbs <= {"get", "list", "watch"}
+
+
+def test_the_role_reads_endpointslices_for_routing() -> None:
+    role = next(m for m in plan_api(CATALOG) if m["kind"] == "Role")
+    slices = [r for r in role["rules"] if "endpointslices" in r["resources"]]
+    assert slices == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                       "verbs": ["get", "list", "watch"]}]

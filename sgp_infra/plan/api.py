@@ -2,8 +2,8 @@
 
 One Deployment (``settings.api.replicas``, 2 by default) under the restricted
 Pod Security Standard, its Service, the published catalogue ConfigMap, a
-ServiceAccount whose Role only reads model Deployments, ReplicaSets and pods
-(and the catalogue ConfigMap) in the namespace, and a PodDisruptionBudget.
+ServiceAccount whose Role only reads model Deployments, ReplicaSets, pods and
+EndpointSlices (and the catalogue ConfigMap) in the namespace, and a PodDisruptionBudget.
 
 The pod template carries a checksum of the published catalogue, so a catalogue
 change rolls the API pods.  The API keys Secret is *not* planned with a value:
@@ -93,6 +93,8 @@ def role(namespace: str) -> dict[str, Any]:
         "rules": [
             {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": list(read)},
             {"apiGroups": [""], "resources": ["pods"], "verbs": list(read)},
+            # the inference routing's pod addresses (api/inference/endpoints.py)
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": list(read)},
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CATALOG_CONFIGMAP], "verbs": ["get"]},
         ],
     }

@@ -1,0 +1,499 @@
+"""Benchmark: routing across a model's replicas on a simulated vLLM-like fleet.
+
+Not a test (nothing here asserts timing).  Run from the repository root:
+
+    venv/bin/python bench/bench_routing.py            # ~75 s: three strategies, 8 s warm-up + 16 s measured each
+    venv/bin/python bench/bench_routing.py --quick    # a few seconds, a smaller load (a smoke run)
+
+Method
+------
+``K`` replicas (``--replicas``, 4) each run a small aiohttp server on
+127.0.0.1 speaking a streamed OpenAI chat completion (``POST
+/v1/chat/completions``, SSE, ``usage.prompt_tokens_details.cached_tokens`` in
+the last event, as vLLM reports it).  A replica behaves like one vLLM engine,
+with sleeps instead of a GPU (so the two shared cores do not decide the
+result):
+
+* it runs at most ``M`` sequences (``--slots``, 8) and queues the rest (FIFO);
+* it keeps an LRU prefix cache of ``C`` tokens (``--cache-tokens``) in
+  16-token blocks, each block keyed by a hash chained over the whole prefix
+  (as vLLM's automatic prefix caching does), holding the prompt and the
+  generated tokens of every finished sequence; a prompt reuses its longest
+  cached run of leading blocks;
+* prefill takes ``--prefill-ms`` per *uncached* prompt token and runs one
+  sequence at a time (prefill is compute-bound: one prompt's prefill delays
+  the next), then each output token takes ``--decode-ms`` (decode is
+  memory-bound: the ``M`` running sequences advance together).
+
+Tokens are whitespace-separated words; a chat is flattened as
+``<role> words...`` per message followed by ``<assistant>``, the way a chat
+template is, so turn *n+1* of a conversation starts with turn *n*'s prompt
+and answer.
+
+Workload (``--seed``, the same for every strategy): conversations arrive as a
+Poisson process (open loop: arrivals do not wait for answers), each over one
+of 4 shared system prompts (~200 tokens, Zipf-weighted), 2-8 turns; the first
+user turn carries a document-sized context (lognormal, median 400 tokens), the
+later ones short questions (median 30); answers are lognormal (median 48,
+long tail, capped at 400 tokens); a user thinks ~1 s (exponential) between
+an answer and the next question.  Every strategy gets a fresh fleet (cold
+caches); only turns sent after the warm-up are measured.
+
+Sizing (why these defaults): ``M`` = 8 and the arrival rate give an offered
+load of about 75% of the fleet's slots (printed at start: ``offered load``).
+The cache, ``C`` = 20k tokens per replica, is about 1.5x the tokens that the
+conversations in progress have accumulated, per replica, when each
+conversation stays on one replica (printed: ``live conversation prefixes``),
+so about 0.4x of what a replica is asked to hold when every conversation
+visits every replica.  That is the regime placement is for: a cache many
+times the working set makes every strategy hit, one far below it makes none
+hit; a real engine's KV memory (tens of thousands of tokens for an 8B model
+on a 24 GB GPU) is also shared with the running sequences.  Prefill costs
+1/160 of a decoded token per token (0.05 vs 8 ms), the ratio of an 8B model
+on a current GPU, with time scaled so a run takes seconds.  The system
+prompts are short next to the conversations (~200 tokens against a ~480-token
+first turn and ~100 tokens per later turn): a long shared system prompt is
+cached on every replica whatever the routing, and narrows the difference.
+
+Strategies, routed in this process by :class:`sgp_infra.api.inference.routing.Replicas`
+(the gateway integration will route the same way; ``route`` is the one place
+a call's pod is chosen, so pointing the bench at a real API with several
+``--backend`` URLs replaces only that function: ``--via-api`` is reserved
+for it):
+
+* ``service``: what kube-proxy does today, a uniformly random pod per call;
+* ``least-load``: fewest calls in flight from this router;
+* ``prefix-affinity``: CHWBL over :func:`~sgp_infra.api.inference.routing.chat_prefix_key`
+  (system prompt + first user turn), bound factor ``--bound-factor`` (1.25).
+
+Reported per strategy: TTFT p50/p99 (client-side: request sent → first
+token event), completed requests per second in the measured window, the
+fleet's prefix-cache hit rate (cached / prompt tokens, as vLLM's
+``prefix_cache_hit_rate``), affinity hits and spills; then the ratios to
+``service`` against the targets of issue 16: ``prefix-affinity`` at least 2x
+the hit rate and at most 0.5x the TTFT p50, ``least-load`` at most 0.7x the
+TTFT p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sgp_infra.api.inference.routing import (  # noqa: E402
+    Choice, Lease, Replicas, Strategy, chat_prefix_key)
+
+BLOCK = 16
+STRATEGIES: tuple[Strategy, ...] = ("service", "least-load", "prefix-affinity")
+
+
+@dataclass
+class Params:
+    replicas: int = 4
+    slots: int = 8
+    cache_tokens: int = 20_480
+    prefill_ms: float = 0.05
+    decode_ms: float = 8.0
+    conversations_per_s: float = 9.0
+    warmup_s: float = 8.0
+    measure_s: float = 16.0
+    think_s: float = 1.0
+    system_prompts: int = 4
+    system_tokens: int = 200
+    context_median: int = 400
+    question_median: int = 30
+    answer_median: int = 48
+    answer_cap: int = 400
+    turns: tuple[int, int] = (2, 8)
+    bound_factor: float = 1.25
+    seed: int = 1
+
+
+QUICK = dict(conversations_per_s=6.0, warmup_s=0.6, measure_s=1.6, think_s=0.3, context_median=200)
+
+
+# --- the simulated engine ------------------------------------------------------------------
+
+
+def flatten(messages: list[dict[str, Any]]) -> list[str]:
+    """A chat as the token list a chat template would make (generation prompt included)."""
+    out: list[str] = []
+    for m in messages:
+        out.append(f"<{m['role']}>")
+        out.extend(str(m["content"]).split())
+    out.append("<assistant>")
+    return out
+
+
+def block_hashes(tokens: list[str]) -> list[bytes]:
+    """One hash per full block, chained: a block's key covers every token before it."""
+    out, prev = [], b""
+    for start in range(0, len(tokens) - len(tokens) % BLOCK, BLOCK):
+        prev = hashlib.blake2b(prev + " ".join(tokens[start:start + BLOCK]).encode(), digest_size=12).digest()
+        out.append(prev)
+    return out
+
+
+class Engine:
+    """One replica: ``slots`` sequences at a time, serial prefill, an LRU block cache."""
+
+    def __init__(self, p: Params):
+        self.p = p
+        self.slots = asyncio.Semaphore(p.slots)
+        self.prefill = asyncio.Lock()
+        self.cache: OrderedDict[bytes, None] = OrderedDict()
+        self.capacity = p.cache_tokens // BLOCK
+
+    def lookup(self, hashes: list[bytes]) -> int:
+        hit = 0
+        for h in hashes:
+            if h not in self.cache:
+                break
+            self.cache.move_to_end(h)
+            hit += 1
+        return hit * BLOCK
+
+    def insert(self, hashes: list[bytes]) -> None:
+        for h in hashes:
+            self.cache[h] = None
+            self.cache.move_to_end(h)
+        while len(self.cache) > self.capacity:
+            self.cache.popitem(last=False)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        tokens = flatten(body["messages"])
+        n_out = max(1, int(body.get("max_tokens") or 16))
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        async with self.slots:
+            hashes = block_hashes(tokens)
+            cached = self.lookup(hashes)
+            async with self.prefill:
+                await asyncio.sleep((len(tokens) - cached) * self.p.prefill_ms / 1000)
+            self.insert(hashes)
+            await asyncio.sleep(self.p.decode_ms / 1000)
+            await resp.write(event({"choices": [{"index": 0, "delta": {"content": " o"}}]}))
+            left, chunks = n_out - 1, 4
+            while left > 0:
+                step = math.ceil(left / chunks)
+                chunks = max(1, chunks - 1)
+                await asyncio.sleep(step * self.p.decode_ms / 1000)
+                await resp.write(event({"choices": [{"index": 0, "delta": {"content": " o" * step}}]}))
+                left -= step
+            self.insert(block_hashes(tokens + ["o"] * n_out))
+        usage = {"prompt_tokens": len(tokens), "completion_tokens": n_out,
+                 "prompt_tokens_details": {"cached_tokens": cached}}
+        await resp.write(event({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}], "usage": usage}))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+def event(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+class Fleet:
+    """``K`` engines, each on its own loopback port."""
+
+    def __init__(self, p: Params):
+        self.p = p
+        self.runners: list[web.AppRunner] = []
+        self.urls: list[str] = []
+
+    async def __aenter__(self) -> "Fleet":
+        for _ in range(self.p.replicas):
+            app = web.Application()
+            app.router.add_post("/v1/chat/completions", Engine(self.p).handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            self.runners.append(runner)
+            self.urls.append(f"http://{host}:{port}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for runner in self.runners:
+            await runner.cleanup()
+
+
+# --- the workload -----------------------------------------------------------------------------
+
+
+@dataclass
+class Turn:
+    question: str
+    max_tokens: int
+    think_s: float
+
+
+@dataclass
+class Conversation:
+    start_s: float
+    system: str
+    turns: list[Turn]
+
+
+def lognormal(rng: random.Random, median: float, sigma: float, cap: int) -> int:
+    return max(1, min(cap, round(median * math.exp(rng.gauss(0, sigma)))))
+
+
+def workload(p: Params) -> list[Conversation]:
+    rng = random.Random(p.seed)
+    vocab = [f"w{i}" for i in range(5000)]
+
+    def words(n: int) -> str:
+        return " ".join(rng.choices(vocab, k=n))
+
+    systems = [words(p.system_tokens) for _ in range(p.system_prompts)]
+    weights = [1 / (i + 1) for i in range(p.system_prompts)]
+    out, t = [], 0.0
+    horizon = p.warmup_s + p.measure_s
+    while True:
+        t += rng.expovariate(p.conversations_per_s)
+        if t >= horizon:
+            return out
+        turns = []
+        for i in range(rng.randint(*p.turns)):
+            size = lognormal(rng, p.context_median, 0.6, 4 * p.context_median) if i == 0 else \
+                lognormal(rng, p.question_median, 0.6, 8 * p.question_median)
+            turns.append(Turn(words(size), lognormal(rng, p.answer_median, 0.8, p.answer_cap),
+                              rng.expovariate(1 / p.think_s)))
+        out.append(Conversation(t, rng.choices(systems, weights)[0], turns))
+
+
+def offered_load(p: Params, convs: list[Conversation]) -> float:
+    """Busy slot-seconds asked of the fleet per second, over its slots (no cache hits assumed
+    beyond the system prompt)."""
+    turns = [t for c in convs for t in c.turns]
+    per_turn = statistics.fmean(t.max_tokens for t in turns) * p.decode_ms / 1000
+    rate = len(turns) / (p.warmup_s + p.measure_s)
+    return rate * per_turn / (p.replicas * p.slots)
+
+
+def live_prefix_tokens(p: Params, convs: list[Conversation]) -> float:
+    """The mean number of tokens the conversations in progress have accumulated
+    (system prompt, turns and answers so far) over the measured window, with
+    answers taking their decode time: the KV working set the fleet's caches
+    would need to hold every live conversation once."""
+    step, totals = 0.1, []
+    timelines = []
+    for c in convs:
+        t, length, points = c.start_s, p.system_tokens + 1, []
+        for turn in c.turns:
+            length += len(turn.question.split()) + 2
+            points.append((t, length))
+            t += turn.max_tokens * p.decode_ms / 1000
+            length += turn.max_tokens
+            points.append((t, length))
+            t += turn.think_s
+        timelines.append((c.start_s, t - c.turns[-1].think_s, points))
+    t = p.warmup_s
+    while t < p.warmup_s + p.measure_s:
+        total = 0
+        for start, end, points in timelines:
+            if start <= t < end:
+                total += max(n for at, n in points if at <= t)
+        totals.append(total)
+        t += step
+    return statistics.fmean(totals) if totals else 0.0
+
+
+# --- routing and measuring ---------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    ttft: list[float] = field(default_factory=list)
+    completed: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    errors: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+class Router:
+    """The one place a call's pod is chosen (and counted in flight)."""
+
+    def __init__(self, strategy: Strategy, urls: list[str], p: Params):
+        self.replicas = Replicas(strategy, urls, bound_factor=p.bound_factor, rng=random.Random(p.seed))
+        self.rng = random.Random(p.seed + 1)
+        self.urls = urls
+
+    def route(self, messages: list[dict[str, Any]]) -> tuple[str, Lease, Choice]:
+        choice = self.replicas.pick(chat_prefix_key(messages))
+        lease = self.replicas.acquire(choice)
+        url = choice.pod or self.rng.choice(self.urls)  # the Service: kube-proxy's random pick
+        return url, lease, choice
+
+
+async def one_call(session: ClientSession, router: Router, messages: list[dict[str, Any]], max_tokens: int,
+                   stats: Optional[Stats]) -> str:
+    url, lease, choice = router.route(messages)
+    sent = time.perf_counter()
+    first: Optional[float] = None
+    text: list[str] = []
+    usage: dict[str, Any] = {}
+    with lease:
+        async with session.post(url + "/v1/chat/completions",
+                                json={"model": "sim", "messages": messages, "max_tokens": max_tokens,
+                                      "stream": True}) as resp:
+            resp.raise_for_status()
+            async for line in resp.content:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                    continue
+                data = json.loads(line[6:])
+                delta = data["choices"][0]["delta"].get("content")
+                if delta:
+                    first = first or time.perf_counter()
+                    text.append(delta)
+                usage = data.get("usage") or usage
+    if stats is not None:
+        stats.ttft.append((first or time.perf_counter()) - sent)
+        stats.completed += 1
+        stats.prompt_tokens += usage.get("prompt_tokens", 0)
+        stats.cached_tokens += (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        stats.outcomes[choice.outcome] = stats.outcomes.get(choice.outcome, 0) + 1
+    return "".join(text).strip()
+
+
+async def converse(session: ClientSession, router: Router, conv: Conversation, t0: float, p: Params,
+                   stats: Stats) -> None:
+    await asyncio.sleep(max(0.0, t0 + conv.start_s - time.perf_counter()))
+    messages: list[dict[str, Any]] = [{"role": "system", "content": conv.system}]
+    end = t0 + p.warmup_s + p.measure_s
+    for turn in conv.turns:
+        now = time.perf_counter()
+        if now >= end:
+            return
+        messages.append({"role": "user", "content": turn.question})
+        measured = now >= t0 + p.warmup_s
+        try:
+            answer = await one_call(session, router, messages, turn.max_tokens, stats if measured else None)
+        except Exception:  # noqa: BLE001 - counted, the conversation ends
+            stats.errors += 1
+            return
+        messages.append({"role": "assistant", "content": answer})
+        if time.perf_counter() + turn.think_s >= end:
+            return
+        await asyncio.sleep(turn.think_s)
+
+
+async def run_strategy(strategy: Strategy, p: Params, convs: list[Conversation]) -> Stats:
+    stats = Stats()
+    async with Fleet(p) as fleet:
+        router = Router(strategy, fleet.urls, p)
+        async with ClientSession(connector=TCPConnector(limit=0), timeout=ClientTimeout(total=120)) as session:
+            t0 = time.perf_counter() + 0.05
+            await asyncio.gather(*(converse(session, router, c, t0, p, stats) for c in convs))
+    return stats
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def report(p: Params, results: dict[str, Stats]) -> list[str]:
+    lines = [f"{'strategy':<16} {'TTFT p50':>9} {'TTFT p99':>9} {'req/s':>7} {'cache hit':>9} "
+             f"{'hits/spills':>12} {'errors':>6}"]
+    for name, s in results.items():
+        hit = s.cached_tokens / s.prompt_tokens if s.prompt_tokens else float("nan")
+        spills = f"{s.outcomes.get('hit', 0)}/{s.outcomes.get('spill', 0)}" if name == "prefix-affinity" else "-"
+        lines.append(f"{name:<16} {pct(s.ttft, .5) * 1000:>7.1f}ms {pct(s.ttft, .99) * 1000:>7.1f}ms "
+                     f"{s.completed / p.measure_s:>7.1f} {hit:>9.1%} {spills:>12} {s.errors:>6}")
+    base = results["service"]
+
+    def hit_rate(s: Stats) -> float:
+        return s.cached_tokens / s.prompt_tokens if s.prompt_tokens else float("nan")
+
+    pa, ll = results.get("prefix-affinity"), results.get("least-load")
+    lines.append("")
+    lines.append("vs service                       ratio   target  met")
+    if pa is not None:
+        r = hit_rate(pa) / hit_rate(base) if hit_rate(base) else float("inf")
+        lines.append(f"prefix-affinity cache hit rate  {r:>7.2f}x  >= 2x   {'yes' if r >= 2 else 'no'}")
+        r = pct(pa.ttft, .5) / pct(base.ttft, .5)
+        lines.append(f"prefix-affinity TTFT p50        {r:>7.2f}x  <= 0.5x {'yes' if r <= 0.5 else 'no'}")
+    if ll is not None:
+        r = pct(ll.ttft, .99) / pct(base.ttft, .99)
+        lines.append(f"least-load TTFT p99             {r:>7.2f}x  <= 0.7x {'yes' if r <= 0.7 else 'no'}")
+    return lines
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    defaults = Params()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a few seconds at a smaller load (smoke run)")
+    parser.add_argument("--replicas", type=int, default=defaults.replicas)
+    parser.add_argument("--slots", type=int, default=defaults.slots, help="sequences a replica runs at once")
+    parser.add_argument("--cache-tokens", type=int, default=defaults.cache_tokens)
+    parser.add_argument("--prefill-ms", type=float, default=defaults.prefill_ms, help="per uncached prompt token")
+    parser.add_argument("--decode-ms", type=float, default=defaults.decode_ms, help="per output token")
+    parser.add_argument("--rate", type=float, default=None, help="conversations started per second")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds not measured")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds measured per strategy")
+    parser.add_argument("--bound-factor", type=float, default=defaults.bound_factor)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help="comma-separated, 'service' first (the baseline)")
+    parser.add_argument("--via-api", metavar="URL", default=None,
+                        help="reserved: send through a running API configured with the fleet as --backend URLs "
+                             "(not available until the gateway routes across replicas)")
+    args = parser.parse_args(argv)
+    if args.via_api:
+        parser.error("--via-api is not available yet: the gateway does not route across replicas; the bench "
+                     "routes in-process with routing.Replicas")
+    p = Params(replicas=args.replicas, slots=args.slots, cache_tokens=args.cache_tokens, prefill_ms=args.prefill_ms,
+               decode_ms=args.decode_ms, bound_factor=args.bound_factor, seed=args.seed,
+               **(QUICK if args.quick else {}))
+    if args.rate is not None:
+        p.conversations_per_s = args.rate
+    if args.warmup is not None:
+        p.warmup_s = args.warmup
+    if args.seconds is not None:
+        p.measure_s = args.seconds
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not strategies or strategies[0] != "service" or any(s not in STRATEGIES for s in strategies):
+        parser.error(f"--strategies: 'service' first, then any of {', '.join(STRATEGIES[1:])}")
+    convs = workload(p)
+    turns = sum(len(c.turns) for c in convs)
+    print(f"fleet: {p.replicas} replicas x {p.slots} slots, cache {p.cache_tokens} tokens each, prefill "
+          f"{p.prefill_ms} ms/token, decode {p.decode_ms} ms/token")
+    print(f"workload: {len(convs)} conversations ({turns} turns) over {p.warmup_s + p.measure_s:.0f} s, seed {p.seed}; "
+          f"offered load ~{offered_load(p, convs):.0%} of the slots; {p.warmup_s:.0f} s warm-up, "
+          f"{p.measure_s:.0f} s measured per strategy")
+    live = live_prefix_tokens(p, convs)
+    print(f"live conversation prefixes: ~{live / 1000:.0f}k tokens in all, ~{live / p.replicas / 1000:.1f}k per "
+          f"replica when each conversation stays on one; cache per replica = {p.cache_tokens / (live / p.replicas):.2f}x "
+          f"that")
+    results: dict[str, Stats] = {}
+    for strategy in strategies:
+        results[strategy] = asyncio.run(run_strategy(strategy, p, convs))  # type: ignore[arg-type]
+    print("\n".join(report(p, results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""``bench/bench_routing.py --quick`` runs end to end and prints its table (no figure is asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_routing_bench_runs_and_prints_a_table() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_routing.py"), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.count("ms ") == 2}
+    for strategy in ("service", "least-load", "prefix-affinity"):
+        assert strategy in rows and rows[strategy][-1] == "0", done.stdout  # no errors
+        assert float(rows[strategy][3]) > 0, done.stdout  # requests completed in the measured window
+    assert "prefix-affinity cache hit rate" in done.stdout and "least-load TTFT p99" in done.stdout
+
+
+def test_via_api_is_refused_until_the_gateway_routes() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_routing.py"), "--via-api", "http://x"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--via-api is not available yet" in done.stderr
