@@ -16,11 +16,19 @@ Routes by protocol (all protocols answer ``GET /readyz``, ``/health``,
 * ``SGP``: ``POST /predict`` (SGP v4 bodies: ``prompt``, ``chat_history`` +
   ``prompt``, ``texts``, ``query`` + ``chunks``; anything else is echoed
   back), ``POST /generate_streaming`` (SSE, one SGP completion chunk per word).
+  A model's own ``predict_route``/``streaming_predict_route`` can be added
+  (``predict_routes``/``streaming_routes``); a route that is both streams when
+  the body says ``stream: true``.
 * ``VLLM``: OpenAI-compatible ``/v1/completions``, ``/v1/chat/completions``
   (``stream: true`` → SSE ending with ``data: [DONE]``), ``/v1/embeddings``,
   ``GET /v1/models``.
 * ``COHERE``: ``/v1/generate`` (``stream: true`` → newline-delimited JSON
   events), ``/v1/embed``, ``/v1/rerank``.
+
+For VLLM and COHERE any other ``POST`` path is answered by the shape its last
+segments name (``…/chat/completions``, ``…/completions``, ``…/embeddings``,
+``…/generate``, ``…/embed``, ``…/rerank``), as the API decides a route's shape,
+so one server stands in for every model of a protocol whatever its routes.
 
 It is a raw ASGI app (no framework) so that, in the benchmark, the backend
 costs as little as possible and the proxy's own overhead is what shows.
@@ -91,7 +99,8 @@ class DemoModel:
     the client while the backend is still generating, without timing."""
 
     def __init__(self, protocol: str = "SGP", *, name: str = "demo", greeting: Optional[str] = None,
-                 dim: int = 8, token_delay: float = 0.0, stream_gate: Optional[threading.Event] = None):
+                 dim: int = 8, token_delay: float = 0.0, stream_gate: Optional[threading.Event] = None,
+                 predict_routes: Iterable[str] = (), streaming_routes: Iterable[str] = ()):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
         self.protocol = protocol
@@ -103,7 +112,10 @@ class DemoModel:
         self.requests = 0
         routes: dict[str, Callable[[dict[str, Any]], Any]] = {}
         if protocol == "SGP":
-            routes = {"/predict": self.sgp_predict, "/generate_streaming": self.sgp_stream}
+            predict, streaming = {"/predict", *predict_routes}, {"/generate_streaming", *streaming_routes}
+            routes = {path: self.sgp_predict for path in predict - streaming}
+            routes.update({path: self.sgp_stream for path in streaming - predict})
+            routes.update({path: self.sgp_either for path in predict & streaming})
         elif protocol == "VLLM":
             routes = {"/v1/completions": self.openai_completions, "/v1/chat/completions": self.openai_chat,
                       "/v1/embeddings": self.openai_embeddings}
@@ -111,6 +123,22 @@ class DemoModel:
             routes = {"/v1/generate": self.cohere_generate, "/v1/embed": self.cohere_embed,
                       "/v1/rerank": self.cohere_rerank}
         self.routes = routes
+        #: VLLM and COHERE: (path suffix, handler) for routes not in ``routes``; longest suffix first.
+        self.suffixes: list[tuple[str, Callable[[dict[str, Any]], Any]]] = []
+        if protocol == "VLLM":
+            self.suffixes = [("/chat/completions", self.openai_chat), ("/completions", self.openai_completions),
+                             ("/embeddings", self.openai_embeddings), ("/rerank", self.cohere_rerank)]
+        elif protocol == "COHERE":
+            self.suffixes = [("/generate", self.cohere_generate), ("/embed", self.cohere_embed),
+                             ("/rerank", self.cohere_rerank)]
+
+    def handler(self, path: str) -> Optional[Callable[[dict[str, Any]], Any]]:
+        """The handler of a ``POST`` to ``path``: its own route, else the shape its suffix names."""
+        found = self.routes.get(path)
+        if found is None:
+            trimmed = path.rstrip("/")
+            found = next((h for suffix, h in self.suffixes if trimmed.endswith(suffix)), None)
+        return found
 
     # --- ASGI -------------------------------------------------------------
 
@@ -136,8 +164,8 @@ class DemoModel:
             else:
                 await _json(send, 404, {"error": f"no route GET {path}"})
             return
-        handler = self.routes.get(path)
-        if method != "POST" or handler is None:
+        handler = self.handler(path) if method == "POST" else None
+        if handler is None:
             await _json(send, 404, {"error": f"no route {method} {path} for protocol {self.protocol}"})
             return
         body = await _read_body(receive)
@@ -189,6 +217,10 @@ class DemoModel:
             return {"completions": [[prompt, [text]]], "finish_reason": "stop",
                     "prompt_tokens": _tokens(prompt), "response_tokens": _tokens(text)}
         return {"echo": req, "model": self.name}
+
+    def sgp_either(self, req: dict[str, Any]) -> Any:
+        """A route that is both a model's predict and streaming route: the body's ``stream`` decides."""
+        return self.sgp_stream(req) if req.get("stream") is True else self.sgp_predict(req)
 
     def sgp_stream(self, req: dict[str, Any]) -> "_Stream":
         prompt = _str(req, "prompt")

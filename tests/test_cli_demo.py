@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
+import pytest
 from catalog_fixtures import ROOT
+
+from sgp_infra.catalog import load_file
+from sgp_infra.cli.demo import PROMPT, backend_groups, example_value
+from sgp_infra.demo_model import DemoModel
 
 
 def test_demo_runs_the_whole_flow_on_the_dev_stack(tmp_path: Path) -> None:
@@ -32,3 +39,88 @@ def test_demo_invalid_catalogue_exits_1_and_starts_nothing(tmp_path: Path) -> No
     assert proc.returncode == 1
     assert "sgp-infra:models.m.model_template_id" in proc.stderr
     assert "start" not in proc.stdout and not (tmp_path / "out").exists()
+
+
+# --- every model of a realistic catalogue, called the way its type is called ---------------
+
+PROD = ROOT / "stacks" / "Pulumi.prod.yaml"
+
+
+def test_prod_stack_covers_every_way_a_model_is_called() -> None:
+    """The prod stack is the demo's coverage: each call kind of ``demo.call`` has a model there."""
+    catalog = load_file(PROD)
+    kinds = {(m.api_version, m.model_type.upper(), m.streaming) for m in catalog.models.values()}
+    for version, kind in [("v4", "COMPLETION"), ("v4", "CHAT_COMPLETION"), ("v4", "EMBEDDING"),
+                          ("v4", "RERANKING"), ("v4", "GENERIC"), ("v5", "COMPLETION"),
+                          ("v5", "CHAT_COMPLETION"), ("v5", "GENERIC")]:
+        assert any(k[:2] == (version, kind) for k in kinds), (version, kind)
+    assert any(k[2] for k in kinds if k[0] == "v4") and any(k[2] for k in kinds if k[0] == "v5")
+    assert {m.endpoint_protocol for m in catalog.models.values()} == {"SGP", "VLLM", "COHERE"}
+
+
+def test_demo_answers_every_model_of_the_prod_stack(tmp_path: Path) -> None:
+    catalog = load_file(PROD)
+    env = {k: v for k, v in os.environ.items() if k != "SGP_INFRA_API_KEYS"}
+    proc = subprocess.run([sys.executable, "-m", "sgp_infra", "demo", "--config-file", str(PROD),
+                           "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # one echo server per protocol, not one per model
+    assert "start 3 demo model server(s) for 11 model(s)" in proc.stdout
+    calls = proc.stdout.split("==> call it with the official clients", 1)[1]
+    answers: dict[str, str] = {}
+    for line in calls.splitlines():
+        match = re.fullmatch(r"(\S+): (v[45] \S+(?: \(stream\))?) -> (.+)", line)
+        if match:
+            assert match.group(1) not in answers, f"two answers for {match.group(1)}"
+            answers[match.group(1)] = f"{match.group(2)} -> {match.group(3)}"
+    assert sorted(answers) == sorted(catalog.models)
+    for name, model in catalog.models.items():
+        assert answers[name].startswith(EXPECTED_CALL[(model.api_version, model.model_type.upper())]), answers[name]
+        assert ("(stream)" in answers[name]) == model.streaming, answers[name]
+        if model.model_type.upper() in ("COMPLETION", "CHAT_COMPLETION"):
+            assert "hello from sgp-infra" in answers[name]  # the echo came back through the API
+    assert answers["bge-reranker-large"] == "v4 rerankings -> [1.0, 0.0]"
+    assert answers["e5-large-embed"] == "v4 embeddings -> 1 vector(s) of 8"
+
+
+EXPECTED_CALL = {
+    ("v4", "COMPLETION"): "v4 completions", ("v4", "CHAT_COMPLETION"): "v4 chat-completions",
+    ("v4", "EMBEDDING"): "v4 embeddings", ("v4", "RERANKING"): "v4 rerankings", ("v4", "GENERIC"): "v4 execute",
+    ("v5", "COMPLETION"): "v5 completions", ("v5", "CHAT_COMPLETION"): "v5 chat/completions",
+    ("v5", "GENERIC"): "v5 inference",
+}
+
+
+@pytest.mark.parametrize("schema, value", [
+    ({}, {"prompt": PROMPT}),
+    ({"type": "object", "properties": {"query": {"type": "string"}, "documents": {"type": "array",
+      "items": {"type": "string"}}, "top_n": {"type": "integer"}}, "required": ["query", "documents"]},
+     {"query": PROMPT, "documents": [PROMPT]}),
+    ({"type": "object", "properties": {"n": {"type": "integer", "minimum": 3}, "mode": {"enum": ["a", "b"]},
+                                       "x": {"type": ["null", "number"]}, "flag": {"type": "boolean"}}},
+     {"n": 3, "mode": "a", "x": 1.0, "flag": False}),
+])
+def test_example_args_satisfy_the_request_schema(schema: dict, value: object) -> None:
+    assert example_value(schema) == value
+    jsonschema.validate(value, schema)
+
+
+def test_one_demo_server_per_protocol_answers_each_models_routes() -> None:
+    catalog = load_file(PROD)
+    groups = {g.protocol: g for g in backend_groups(catalog)}
+    assert sorted(groups) == ["COHERE", "SGP", "VLLM"]
+    sgp = groups["SGP"].args(5005)
+    # qwen-72b-chat (v5, so SGP-shaped bodies) predicts and streams on /v1/chat/completions; bge-reranker on /rerank
+    assert "/v1/chat/completions" in sgp[sgp.index("--predict-route") + 1::2]
+    assert ["--predict-route", "/rerank"] == sgp[sgp.index("/rerank") - 1:sgp.index("/rerank") + 1]
+
+
+def test_demo_model_routes_by_suffix_and_stream_flag() -> None:
+    vllm = DemoModel("VLLM")
+    assert vllm.handler("/v2/chat/completions") == vllm.openai_chat
+    assert vllm.handler("/openai/v1/completions/") == vllm.openai_completions
+    assert vllm.handler("/predict") is None
+    sgp = DemoModel("SGP", predict_routes=["/chat"], streaming_routes=["/chat"])
+    assert sgp.handler("/chat") == sgp.sgp_either and sgp.handler("/v1/chat/completions") is None
+    assert sgp.sgp_either({"prompt": "a"})["completions"] == [["a", ["a"]]]
+    assert b"".join(sgp.sgp_either({"prompt": "a b", "stream": True}).chunks).count(b"data: ") == 2

@@ -117,7 +117,11 @@ def test_program_registers_exactly_the_planned_manifests(stack: Path, recorder: 
     registered = {(r.type, r.inputs["metadata"]["name"]): r for r in k8s}
     assert len(registered) == len(k8s)
     # The program also deploys the catalogue API (CatalogApi: plan_api's objects).
-    expected = {(pulumi_type(m), m["metadata"]["name"]): m for m in [*plan.manifests, *plan_api(catalog)]}
+    # The API container is told its stack (the mocks' "test"), so its 405 answers name the stack's file.
+    expected = {(pulumi_type(m), m["metadata"]["name"]): m for m in [*plan.manifests, *plan_api(catalog, "test")]}
+    api_env = expected[("kubernetes:apps/v1:Deployment", "sgp-infra-api")]["spec"]["template"]["spec"][
+        "containers"][0]["env"]
+    assert {"name": "SGP_INFRA_STACK", "value": "test"} in api_env
     assert set(registered) == set(expected)
     for key, manifest in expected.items():
         assert normalize(registered[key].inputs) == manifest, key

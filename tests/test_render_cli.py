@@ -11,6 +11,7 @@ import yaml
 
 from plan_fixtures import ROOT, STACKS, raw_catalog
 from sgp_infra.catalog import load_file
+from sgp_infra.catalog.sources import stack_name_of
 from sgp_infra.cli import main
 from sgp_infra.cli.render import file_name
 from sgp_infra.plan import plan_catalog
@@ -28,7 +29,8 @@ def test_out_dir_writes_one_file_per_planned_object(stack: Path, tmp_path: Path)
     out = tmp_path / "rendered"
     assert main(["render", "--config-file", str(stack), "--out", str(out)]) == 0
     files = sorted(out.iterdir())
-    manifests = plan_catalog(load_file(stack)).manifests + plan_api(load_file(stack))  # + the API's objects
+    # + the API's objects, told the stack the file's name says (Pulumi.<stack>.yaml), as `pulumi up` would
+    manifests = plan_catalog(load_file(stack)).manifests + plan_api(load_file(stack), stack_name_of(stack))
     assert len(files) == len(manifests)
     for path, manifest in zip(files, manifests):
         text = path.read_text()
@@ -51,7 +53,7 @@ def test_rerender_removes_files_of_objects_no_longer_planned_and_keeps_others(
     assert main(["render", "--config-file", str(write_stack(tmp_path, raw)), "--out", str(out)]) == 0
     after = {p.name for p in out.iterdir()}
     catalog = load_file(write_stack(tmp_path, raw))
-    planned = plan_catalog(catalog).manifests + plan_api(catalog)
+    planned = plan_catalog(catalog).manifests + plan_api(catalog, "t")
     assert after == {file_name(i, m) for i, m in enumerate(planned)} | {"kustomization.yaml"}
     assert not any(f"-{gone}.yaml" in name for name in after)
     removed = len(before - after)
@@ -65,7 +67,7 @@ def test_stdout_stream_by_stack_name_through_the_real_entry_point() -> None:
     assert proc.returncode == 0, proc.stderr
     docs = list(yaml.safe_load_all(proc.stdout))
     dev = load_file(ROOT / "stacks" / "Pulumi.dev.yaml")
-    assert docs == plan_catalog(dev).manifests + plan_api(dev)
+    assert docs == plan_catalog(dev).manifests + plan_api(dev, "dev")
 
 
 def test_invalid_catalogue_lists_problems_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,8 @@ Extension points (for inference routing, ``sgp_infra.api.inference``):
   ``app.state.status`` — the status source; ``app.state.backends`` — an
   optional ``{model name or object name: base URL}`` override of the in-cluster
   Service URLs; ``app.state.metrics.registry`` — the Prometheus registry that
-  ``/metrics`` serves; ``app.state.stack`` — the stack name, if known.
+  ``/metrics`` serves; ``app.state.stack`` — the stack name, if known;
+  ``app.state.config_file`` — the stack file read, if no stack name is known.
 * ``auth.caller`` — dependency returning the :class:`~sgp_infra.api.auth.Caller`
   (401/403 as JSON); ``common.visible_model(request, caller, ref)`` — the
   caller's model by name, id or deployment id, else a 404 ``ApiError``.
@@ -114,12 +115,14 @@ def http_protocol(app: FastAPI, *, express: bool = True) -> Any:
 
 def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
                status_source: Optional[StatusSource] = None, stack: Optional[str] = None,
-               backends: Optional[Mapping[str, str]] = None, include_inference: bool = True) -> FastAPI:
+               backends: Optional[Mapping[str, str]] = None, include_inference: bool = True,
+               config_file: Optional[str] = None) -> FastAPI:
     """The service for ``catalog``.
 
     ``api_keys`` maps each key to the accounts it may see (see ``auth``);
     ``status_source`` defaults to every model ``ready`` (no I/O);
-    ``stack`` names the stack in 405 answers; ``backends`` overrides where
+    ``stack`` names the stack in 405 answers (else ``config_file``, the file
+    the catalogue was read from; see ``writes.config_source``); ``backends`` overrides where
     inference for a model is sent (used by inference routing and probing).
     """
     status = status_source or StaticStatus()
@@ -141,6 +144,7 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     app.state.keyring = KeyRing(api_keys)
     app.state.status = status
     app.state.stack = stack
+    app.state.config_file = config_file
     app.state.backends = dict(backends or {})
     app.state.metrics = metrics
     app.state.started = False

@@ -3,7 +3,8 @@
 Every create, update and delete the official clients can send to a catalogue
 route is registered here so it gets a useful answer instead of a bare 405: a
 JSON error naming the config path to edit and the ``pulumi config`` commands
-that would make the change (built from the request body where it can be).
+that would make the change (built from the request body where it can be),
+for the real stack file and with the ``--stack`` flag (see :func:`config_source`).
 An entity the caller cannot see is described generically, exactly like one
 that does not exist.
 """
@@ -18,6 +19,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 
 from ..catalog import config_path
+from ..catalog.sources import stack_name_of
 from .auth import Caller, caller
 from .common import index_of
 from .errors import ApiError
@@ -28,9 +30,32 @@ _MAX_BODY = 64 * 1024
 _PLACEHOLDER = "NAME"
 
 
+def config_source(stack: Optional[str], config_file: Optional[str]) -> tuple[str, str]:
+    """``(the file to edit, the flags that point pulumi config at it)`` for the 405 answers.
+
+    A known stack name wins: the catalogue is that stack's config,
+    ``stacks/Pulumi.<stack>.yaml`` (``Pulumi.yaml``'s ``stackConfigDir``),
+    even where ``serve`` reads a published copy (in a pod).  Otherwise the file
+    ``serve --config-file`` read is the one to edit, with ``--config-file`` on
+    the commands (and ``--stack`` when its name says which stack it is).
+    """
+    if stack:
+        return f"stacks/Pulumi.{stack}.yaml", f" --stack {shlex.quote(stack)}"
+    if config_file:
+        named = stack_name_of(config_file)
+        flags = f" --stack {shlex.quote(named)}" if named else ""
+        return config_file, f"{flags} --config-file {shlex.quote(config_file)}"
+    return "stacks/Pulumi.<stack>.yaml", " --stack <stack>"
+
+
+def _source(request: Request) -> tuple[str, str]:
+    state = request.app.state
+    return config_source(getattr(state, "stack", None), getattr(state, "config_file", None))
+
+
 def _stack_flag(request: Request) -> str:
-    stack = getattr(request.app.state, "stack", None)
-    return f" --stack {shlex.quote(stack)}" if stack else ""
+    """The flags of every suggested ``pulumi`` command (``config set``/``rm`` and ``up`` all take them)."""
+    return _source(request)[1]
 
 
 def _config_set(request: Request, path: str, value: str, *, placeholder: bool = False) -> str:
@@ -44,8 +69,7 @@ def _config_rm(request: Request, path: str) -> str:
 
 
 def _config_file(request: Request) -> str:
-    stack = getattr(request.app.state, "stack", None)
-    return f"stacks/Pulumi.{stack}.yaml" if stack else "stacks/Pulumi.<stack>.yaml"
+    return _source(request)[0]
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -93,7 +117,7 @@ def _set_commands(request: Request, key: str, name: str, fields: dict[str, Any],
 def _refuse(request: Request, what: str, path: str, commands: list[str], nested: list[str] = ()) -> ApiError:
     config_file = _config_file(request)
     detail = (f"{what} is not done through the API: the catalogue is the stack config "
-              f"({config_file}). Edit {path}, then run `pulumi up`.")
+              f"({config_file}). Edit {path}, then run `pulumi up{_stack_flag(request)}`.")
     if nested:
         detail += f" Write {', '.join(nested)} in the YAML file directly."
     return ApiError(405, detail, config_path=path, config_file=config_file, commands=commands, allow="GET")

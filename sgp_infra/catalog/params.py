@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Iterator, Mapping
 
-from .entities import ParameterSchema
+from .entities import ParameterSchemaField
 
 _PLACEHOLDER = re.compile(r"\$(\$)?\{([^{}]*)\}")
 _PY_TYPES: dict[str, tuple[type, ...]] = {
@@ -59,10 +59,15 @@ def type_problem(expected: str, value: Any) -> str | None:
 
 
 def check_parameters(
-    schema: ParameterSchema | None, given: Mapping[str, Any], template_name: str
+    fields: Iterable[ParameterSchemaField], given: Mapping[str, Any], template_name: str, *, complete: bool = True
 ) -> Iterable[tuple[str, str]]:
-    """Yield ``(parameter, problem)`` for each way ``given`` breaks ``schema``."""
-    declared = {field.name: field for field in (schema.parameters if schema else [])}
+    """Yield ``(parameter, problem)`` for each way ``given`` breaks the declared ``fields``.
+
+    ``complete=False`` says some declarations could not be read (an invalid
+    template): a given name that is not among ``fields`` may be one of them, so
+    it is not reported.
+    """
+    declared = {field.name: field for field in fields}
     for name, field in declared.items():
         if name not in given:
             if field.required:
@@ -72,6 +77,6 @@ def check_parameters(
         if problem:
             yield name, f"{problem} (template '{template_name}' declares it {field.type})"
     for name in given:
-        if name not in declared:
+        if name not in declared and complete:
             known = ", ".join(sorted(declared)) or "none"
             yield name, f"template '{template_name}' declares no such parameter (it declares: {known})"

@@ -27,8 +27,8 @@ class ApiSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image: str = "ghcr.io/sgp-infra/api:0.1.0"
-    replicas: int = Field(default=2, ge=1)
+    image: str = Field(default="ghcr.io/sgp-infra/api:0.1.0", description="The API service's image.")
+    replicas: int = Field(default=2, ge=1, description="Replicas of the API Deployment.")
 
 
 class StackSettings(BaseModel):
@@ -36,16 +36,26 @@ class StackSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    account_id: str = Field(alias="accountId", min_length=1)
-    namespace: str = "sgp-models"
-    gpu_profile: Union[str, dict[str, Any]] = Field(default="eks", alias="gpuProfile")
-    autoscaler: Literal["keda", "hpa"] = "keda"
-    create_priority_classes: bool = Field(default=True, alias="createPriorityClasses")
-    api: ApiSettings = Field(default_factory=ApiSettings)
-    auto_deploy: bool = Field(default=False, alias="autoDeploy")
-    gpu_quota: Optional[dict[str, int]] = Field(default=None, alias="gpuQuota")
+    account_id: str = Field(alias="accountId", min_length=1,
+                            description="The account entities belong to unless they set account_id.")
+    namespace: str = Field(default="sgp-models", description="Kubernetes namespace of the models (a DNS-1123 label).")
+    gpu_profile: Union[str, dict[str, Any]] = Field(
+        default="eks", alias="gpuProfile",
+        description="How GPU types map to node labels: eks, gke, karpenter, nfd, or a custom map "
+                    "(docs/kubernetes.md).")
+    autoscaler: Literal["keda", "hpa"] = Field(
+        default="keda", description="keda (can scale to zero) or hpa.")
+    create_priority_classes: bool = Field(
+        default=True, alias="createPriorityClasses",
+        description="Create the PriorityClasses high-priority models use.")
+    api: ApiSettings = Field(default_factory=ApiSettings, description="How the catalogue API service is deployed.")
+    auto_deploy: bool = Field(default=False, alias="autoDeploy",
+                              description="Review workflow: pulumi up this stack on merge.")
+    gpu_quota: Optional[dict[str, int]] = Field(
+        default=None, alias="gpuQuota", description="Review workflow: advisory GPUs per type at max scale.")
     #: Where KEDA's prometheus trigger reads the API's in-flight metric.
-    prometheus_url: str = Field(default="http://prometheus-operated.monitoring.svc:9090", alias="prometheusUrl")
+    prometheus_url: str = Field(default="http://prometheus-operated.monitoring.svc:9090", alias="prometheusUrl",
+                                description="Where KEDA's prometheus trigger reads the API's in-flight metric.")
 
     @field_validator("namespace")
     @classmethod

@@ -42,6 +42,15 @@ def stack_file(stack: str, root: Optional[Path] = None) -> Path:
     return project_root(root) / "stacks" / f"Pulumi.{stack}.yaml"
 
 
+def stack_name_of(path: "str | Path") -> Optional[str]:
+    """The stack a config file belongs to by Pulumi's naming (``Pulumi.<stack>.yaml``), else ``None``."""
+    name = Path(path).name
+    for suffix in (".yaml", ".yml"):
+        if name.startswith("Pulumi.") and name.endswith(suffix) and len(name) > len("Pulumi.") + len(suffix):
+            return name[len("Pulumi."):-len(suffix)]
+    return None
+
+
 def read_stack_file(path: Path) -> dict[str, Any]:
     """The parsed document of a stack config file.
 

@@ -11,9 +11,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import demo, demo_model, diff, render, serve, stacks, validate
+from . import demo, demo_model, diff, render, schema, serve, stacks, validate
 
-COMMANDS = [demo, validate, render, diff, serve, stacks, demo_model]
+COMMANDS = [demo, validate, render, diff, serve, stacks, demo_model, schema]
 
 EPILOG = """\
 The catalogue lives in stacks/Pulumi.<stack>.yaml under the sgp-infra: keys
@@ -27,6 +27,15 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    return _build()[0]
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Each subcommand's parser, by name (the README's synopsis is generated from them)."""
+    return dict(_build()[1].choices)
+
+
+def _build() -> tuple[argparse.ArgumentParser, "argparse._SubParsersAction[argparse.ArgumentParser]"]:
     parser = argparse.ArgumentParser(
         prog="python -m sgp_infra",
         description="Validate, render and serve an SGP model catalogue kept in Pulumi stack config.",
@@ -36,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.register(sub)
-    return parser
+    return parser, sub
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from ..catalog import Catalog, CatalogInvalid, SourceError, load_file
-from ..catalog.sources import resolve_config_file
+from ..catalog.sources import resolve_config_file, stack_name_of
 from ..heap import freeze_long_lived
 
 EXIT_INVALID = 1
@@ -25,6 +26,16 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
 
 def config_file_of(args: argparse.Namespace) -> Path:
     return resolve_config_file(args.stack, args.config_file)
+
+
+def stack_of(args: argparse.Namespace) -> Optional[str]:
+    """The stack name: ``--stack``, else the ``Pulumi.<stack>.yaml`` name of ``--config-file``, else
+    ``$PULUMI_STACK`` (what ``pulumi up`` would pass the API container for the same file)."""
+    if args.stack:
+        return str(args.stack)
+    if args.config_file:
+        return stack_name_of(args.config_file)
+    return os.environ.get("PULUMI_STACK") or None
 
 
 class CatalogLoadFailed(Exception):
@@ -84,7 +95,7 @@ def try_load_planned(args: argparse.Namespace) -> tuple[Optional[Catalog], list[
         return None, [], code
     try:
         # The API's keys Secret is never planned as a manifest: its value is a Pulumi secret.
-        manifests = plan_catalog(catalog).manifests + plan_api(catalog)
+        manifests = plan_catalog(catalog).manifests + plan_api(catalog, stack_of(args))
     except CatalogInvalid as exc:
         print(f"{config_file_of(args)}: {exc.render()}", file=sys.stderr)
         return None, [], EXIT_INVALID

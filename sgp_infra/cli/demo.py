@@ -1,10 +1,11 @@
 """``demo``: the README's main job, on a laptop with no cluster and no GPU.
 
 It runs the whole data flow once, for real: validate the stack's catalogue,
-render its manifests, start one ``demo-model`` echo server per model (each
-speaking the model's ``endpoint_protocol``), start the catalogue API in front
-of them with ``serve --backend``, then read the catalogue and run inference
-through the API with the official SGP clients.  Everything listens on
+render its manifests, start ``demo-model`` echo servers (one per
+``endpoint_protocol``, each answering its models' routes), start the
+catalogue API in front of them with ``serve --backend``, then read the
+catalogue and call every model once through the API with the official SGP
+clients, the way its type is called.  Everything listens on
 127.0.0.1 and is stopped at the end, unless ``--keep-serving``.
 """
 
@@ -16,8 +17,9 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from ..catalog import Catalog, Model
 from . import render as render_cmd
@@ -30,10 +32,13 @@ Runs the whole data flow on this machine, with no cluster, GPU or Pulumi CLI:
 
   1. validate the stack's catalogue (same checks as `pulumi up`)
   2. render its Kubernetes manifests to --out (default rendered/<stack>)
-  3. start a demo echo model per catalogue model on 127.0.0.1
+  3. start demo echo models on 127.0.0.1 (one per endpoint_protocol) in place
+     of the models' images
   4. start the catalogue API (`serve`) in front of them
-  5. list models and run inference with the official scale-gp (v4) and
-     scale-gp-beta (v5) clients, printing what comes back
+  5. list models and call every model once with the official scale-gp (v4)
+     and scale-gp-beta (v5) clients, the way its type is called (completions,
+     chat, embeddings, rerankings, execute / inference; streamed when the
+     model's endpoint_type is STREAMING), printing one answer per model
 
 Everything stops at the end; --keep-serving leaves the API up until Ctrl-C so
 you can call it yourself (the dev API key is sgp-infra-dev-key).
@@ -130,11 +135,13 @@ def run(args: argparse.Namespace) -> int:
         v4 = scale_gp.SGPClient(api_key=DEV_API_KEY, base_url=base, max_retries=0)
         v5 = scale_gp_beta.SGPClient(api_key=DEV_API_KEY, account_id=catalog.settings.account_id, base_url=base,
                                      max_retries=0)
-        exercise(catalog, v4, v5)
+        failed = exercise(catalog, v4, v5, (scale_gp.APIError, scale_gp_beta.APIError))
+        if failed:
+            print(f"error: {failed} of {len(catalog.models)} model(s) did not answer", file=sys.stderr)
         if args.keep_serving:
             print(f"\nserving on {base} (key {DEV_API_KEY}); Ctrl-C stops", flush=True)
             api.wait()
-        return 0
+        return 1 if failed else 0
     finally:
         for proc in procs:
             proc.terminate()
@@ -145,47 +152,193 @@ def run(args: argparse.Namespace) -> int:
                 proc.kill()
 
 
-def start_models(catalog: Catalog, procs: list[subprocess.Popen[bytes]]) -> Optional[dict[str, str]]:
-    """One echo server per model, speaking its protocol; ``{model name: URL}``."""
-    step(f"start {len(catalog.models)} demo model server(s)")
-    backends: dict[str, str] = {}
+#: What every demo call sends.
+PROMPT = "hello from sgp-infra"
+
+
+@dataclass(frozen=True)
+class BackendGroup:
+    """Models one ``demo-model`` process stands in for: same protocol, same greeting.
+
+    One process per protocol (and ``DEMO_GREETING``, the only model env the
+    echo reads) keeps the demo's start-up bounded on a large catalogue; an SGP
+    process also answers each member's own predict and streaming routes.
+    """
+
+    protocol: str
+    greeting: Optional[str]
+    models: tuple[Model, ...]
+
+    def args(self, port: int) -> list[str]:
+        out = ["demo-model", "--port", str(port), "--protocol", self.protocol,
+               "--name", self.models[0].name if len(self.models) == 1 else f"demo-{self.protocol.lower()}"]
+        if self.protocol == "SGP":
+            for route in sorted({m.predict_route for m in self.models} - {"/predict"}):
+                out += ["--predict-route", route]
+            for route in sorted({m.streaming_predict_route for m in self.models} - {"/generate_streaming"}):
+                out += ["--streaming-route", route]
+        return out
+
+
+def backend_groups(catalog: Catalog) -> list[BackendGroup]:
+    """The catalogue's models grouped by the demo server that can answer them."""
+    groups: dict[tuple[str, Optional[str]], list[Model]] = {}
     for model in catalog.models.values():
+        key = (model.endpoint_protocol.upper(), model.env.get("DEMO_GREETING"))
+        groups.setdefault(key, []).append(model)
+    return [BackendGroup(protocol, greeting, tuple(models)) for (protocol, greeting), models in groups.items()]
+
+
+def start_models(catalog: Catalog, procs: list[subprocess.Popen[bytes]]) -> Optional[dict[str, str]]:
+    """One echo server per protocol (and greeting), speaking it; ``{model name: URL}``."""
+    groups = backend_groups(catalog)
+    step(f"start {len(groups)} demo model server(s) for {len(catalog.models)} model(s)")
+    backends: dict[str, str] = {}
+    for group in groups:
         port = free_port()
-        proc = start(["demo-model", "--port", str(port), "--protocol", model.endpoint_protocol, "--name", model.name],
-                     env=dict(model.env))
+        env = {"DEMO_GREETING": group.greeting} if group.greeting is not None else {}
+        proc = start(group.args(port), env=env)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
+        names = ", ".join(m.name for m in group.models)
         if not wait_ready(f"{url}/readyz", proc):
-            print(f"error: demo model for '{model.name}' did not start:\n{_stderr(proc)}", file=sys.stderr)
+            print(f"error: the {group.protocol} demo model for {names} did not start:\n{_stderr(proc)}",
+                  file=sys.stderr)
             return None
-        print(f"{model.name}: {model.endpoint_protocol} echo server on {url} (stands in for {model.image})")
-        backends[model.name] = url
+        print(f"{group.protocol} echo server on {url} for {names}")
+        for model in group.models:
+            backends[model.name] = url
     return backends
 
 
-def exercise(catalog: Catalog, v4: Any, v5: Any) -> None:
-    """List the catalogue and send one inference per model through the API."""
+def exercise(catalog: Catalog, v4: Any, v5: Any, errors: tuple[type[BaseException], ...]) -> int:
+    """List the catalogue and send one inference per model through the API.
+
+    Prints one ``<model>: <call> -> <answer>`` line per model; a call the API
+    refuses is printed to stderr with its reason and counted, never a
+    traceback.  Returns the number of failed calls.
+    """
     models = v4.models.list(limit=100)
     print(f"v4 GET /v4/models: {[m.name for m in models.items]}")
     listed = v5.models.list(limit=100)
     print(f"v5 GET /v5/models: {[(m.name, m.status) for m in listed.items]}")
+    failed = 0
     for model in catalog.models.values():
-        print(f"{model.name}: {call(model, v4, v5)}")
+        try:
+            what, answer = call(model, v4, v5)
+        except errors as exc:
+            print(f"error: {model.name}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{model.name}: {what} -> {answer}")
+    return failed
 
 
-def call(model: Model, v4: Any, v5: Any) -> str:
+def call(model: Model, v4: Any, v5: Any) -> tuple[str, Any]:
+    """One inference for ``model``, made the way its API version and type are called.
+
+    The one place that decides how a model is called: ``(what was called,
+    the answer)``.  A model whose endpoint streams is called streaming and its
+    chunks are joined; generic models (v4 ``execute``, v5 ``inference``) get a
+    body in their own protocol and are called without streaming, because the
+    official clients read those answers as one JSON document.
+    """
     kind = model.model_type.upper()
-    if model.api_version == "v4" and kind == "COMPLETION":
-        out = v4.models.completions.create(model.name, prompt="hello from sgp-infra")
-        return f"v4 completions -> {out.completions}"
-    if model.api_version == "v4" and kind == "CHAT_COMPLETION":
-        out = v4.models.chat_completions.create(model.name, prompt="hello from sgp-infra")
-        return f"v4 chat-completions -> {out.chat_completion.message.content!r}"
-    if model.api_version == "v4" and kind == "EMBEDDING":
-        out = v4.models.embeddings.create(model.name, texts=["hello"])
-        return f"v4 embeddings -> {len(out.embeddings)} vector(s)"
-    out = v5.inference.create(model=f"launch/{model.name}", args={"prompt": "hello from sgp-infra"})
-    return f"v5 inference -> {out.response}"
+    stream = model.streaming
+    suffix = " (stream)" if stream else ""
+    if model.api_version == "v4":
+        if kind == "COMPLETION":
+            if stream:
+                chunks = v4.models.completions.create(model.name, prompt=PROMPT, stream=True)
+                return f"v4 completions{suffix}", _joined_v4(chunks)
+            return "v4 completions", v4.models.completions.create(model.name, prompt=PROMPT).completions
+        if kind == "CHAT_COMPLETION":
+            if stream:
+                chunks = v4.models.chat_completions.create(model.name, prompt=PROMPT, chat_history=[], stream=True)
+                return f"v4 chat-completions{suffix}", _joined_v4(chunks)
+            out = v4.models.chat_completions.create(model.name, prompt=PROMPT, chat_history=[])
+            return "v4 chat-completions", out.completions
+        if kind == "EMBEDDING":
+            out = v4.models.embeddings.create(model.name, texts=[PROMPT])
+            return "v4 embeddings", f"{len(out.embeddings)} vector(s) of {len(out.embeddings[0])}"
+        if kind == "RERANKING":
+            out = v4.models.rerankings.create(model.name, query=PROMPT, chunks=[PROMPT, "something else"])
+            return "v4 rerankings", out.chunk_scores
+        deployment = v4.models.deployments.list(model.id).items[0]
+        out = v4.models.deployments.execute(deployment.id, model_instance_id=model.id,
+                                            extra_body=execute_body(model))
+        return "v4 execute", out
+    target = f"launch/{model.name}"
+    if kind == "COMPLETION":
+        if stream:
+            chunks = v5.completions.create(model=target, prompt=PROMPT, stream=True)
+            return f"v5 completions{suffix}", "".join(c.choices[0].text for c in chunks if c.choices)
+        return "v5 completions", v5.completions.create(model=target, prompt=PROMPT).choices[0].text
+    if kind == "CHAT_COMPLETION":
+        messages = [{"role": "user", "content": PROMPT}]
+        if stream:
+            chunks = v5.chat.completions.create(model=target, messages=messages, stream=True)
+            return (f"v5 chat/completions{suffix}",
+                    "".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+        out = v5.chat.completions.create(model=target, messages=messages)
+        return "v5 chat/completions", out.choices[0].message.content
+    args = example_value(dict(model.spec.vendor_configuration.model_image.request_schema))  # type: ignore[union-attr]
+    return "v5 inference", v5.inference.create(model=target, args=args).response
+
+
+def _joined_v4(chunks: Iterable[Any]) -> str:
+    """The text of a v4 stream: each chunk's new output, in order."""
+    return "".join(c.completions[0][1][0] for c in chunks if c.completions and c.completions[0][1])
+
+
+def execute_body(model: Model) -> dict[str, Any]:
+    """A body in the model's own protocol for v4 ``execute`` (sent unchanged to its predict route)."""
+    if model.endpoint_protocol.upper() == "SGP":
+        return {"prompt": PROMPT}
+    route = model.predict_route.rstrip("/")
+    for suffix, body in (("/chat/completions", {"messages": [{"role": "user", "content": PROMPT}]}),
+                         ("/embeddings", {"input": [PROMPT]}),
+                         ("/embed", {"texts": [PROMPT]}),
+                         ("/rerank", {"query": PROMPT, "documents": [PROMPT]})):
+        if route.endswith(suffix):
+            return body
+    return {"prompt": PROMPT}
+
+
+def example_value(schema: dict[str, Any]) -> Any:
+    """A small value valid for a v5 model's ``request_schema`` (JSON Schema), for ``inference``.
+
+    No schema (or an object schema without properties) gets ``{"prompt": ...}``;
+    strings get the demo prompt, arrays one item, numbers 1; an object gets its
+    required properties, or all of them when none is required.
+    """
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "default" in schema:
+        return schema["default"]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), None)
+    props = schema.get("properties")
+    if kind in (None, "object") and not props:
+        return {"prompt": PROMPT}
+    if kind in (None, "object"):
+        names = schema.get("required") or list(props)
+        return {name: example_value(props.get(name, {"type": "string"})) for name in names}
+    if kind == "array":
+        items = schema.get("items")
+        return [example_value(items if isinstance(items, dict) else {"type": "string"})]
+    if kind == "integer":
+        return max(1, int(schema.get("minimum", 1)))
+    if kind == "number":
+        return float(schema.get("minimum", 1.0))
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    return PROMPT
 
 
 def _stderr(proc: subprocess.Popen[bytes]) -> str:

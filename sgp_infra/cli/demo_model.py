@@ -24,6 +24,11 @@ send the echo word by word.
   COHERE  POST /v1/generate (stream: true -> JSON lines), /v1/embed, /v1/rerank
   all     GET /readyz, /health
 
+SGP serves --predict-route/--streaming-route paths too (a model's own routes);
+VLLM and COHERE answer any POST path by the shape its suffix names
+(.../chat/completions, .../completions, .../embeddings, .../generate, .../embed,
+.../rerank), as the API reads a route.
+
 example (a real inference round trip on a laptop):
   python -m sgp_infra demo-model --port 5005 --protocol SGP --name echo &
   python -m sgp_infra serve --stack dev --backend echo=http://127.0.0.1:5005
@@ -42,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--dim", type=int, default=8, help="embedding dimension (default 8)")
     parser.add_argument("--token-delay", type=float, default=0.0, metavar="SECONDS",
                         help="pause between streamed words (default 0)")
+    parser.add_argument("--predict-route", dest="predict_routes", metavar="PATH", action="append", default=[],
+                        help="SGP: also answer predictions at PATH (repeatable; /predict always)")
+    parser.add_argument("--streaming-route", dest="streaming_routes", metavar="PATH", action="append", default=[],
+                        help="SGP: also stream at PATH (repeatable; /generate_streaming always); a path that is "
+                             "also a --predict-route streams when the body has stream: true")
     parser.set_defaults(run=run)
 
 
@@ -54,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: --dim must be at least 1 and --token-delay at least 0", file=sys.stderr)
         return EXIT_USAGE
     app = DemoModel(args.protocol, name=args.name, greeting=args.greeting, dim=args.dim,
-                    token_delay=args.token_delay)
+                    token_delay=args.token_delay, predict_routes=args.predict_routes,
+                    streaming_routes=args.streaming_routes)
     print(f"demo model '{args.name}' speaking {args.protocol} on http://{args.host}:{args.port}", file=sys.stderr)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

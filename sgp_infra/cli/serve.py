@@ -35,6 +35,11 @@ account of the catalogue; on any other address the service refuses to start.
 
 Status: 'probe' asks each model's healthcheck route, 'kubernetes' reads the
 model Deployments (in a pod), 'none' reports every model ready.
+
+Writes answer 405 with the pulumi commands that make the change: for --stack
+NAME (or $SGP_INFRA_STACK, which the cluster's API Deployment sets) they name
+stacks/Pulumi.NAME.yaml and `--stack NAME`; for --config-file PATH alone they
+name PATH and add `--config-file PATH`.
 """
 
 
@@ -72,6 +77,24 @@ def backend_arg(text: str) -> tuple[str, str]:
     if not sep or not name or not url.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"expected MODEL=http://host:port, got {text!r}")
     return name, url.rstrip("/")
+
+
+def write_target(args: argparse.Namespace) -> tuple[Optional[str], Optional[str]]:
+    """``(stack name, config file)`` the 405 answers name (``api.writes.config_source``).
+
+    ``--stack``, else ``$SGP_INFRA_STACK`` (set by the planner in a pod, where
+    ``--config-file`` is the published copy, not the file to edit), else the
+    ``--config-file`` read, else ``$PULUMI_STACK``.
+    """
+    from ..plan.api import STACK_ENV
+
+    if args.stack:
+        return args.stack, None
+    if os.environ.get(STACK_ENV):
+        return os.environ[STACK_ENV], None
+    if args.config_file:
+        return None, args.config_file
+    return os.environ.get("PULUMI_STACK") or None, None
 
 
 def is_loopback(host: str) -> bool:
@@ -171,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     backends: dict[str, str] = dict(args.backends)
     status = build_status(args.status, catalog, args.namespace, backends)
-    app = create_app(catalog, api_keys=keys, status_source=status, stack=args.stack, backends=backends)
+    stack, config_file = write_target(args)
+    app = create_app(catalog, api_keys=keys, status_source=status, stack=stack, backends=backends,
+                     config_file=config_file)
     configure_json_logging(access_log=args.access_log)
     try:
         sock = listening_socket(args.host, args.port, reuse_port=args.reuse_port)

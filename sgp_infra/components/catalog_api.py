@@ -41,6 +41,9 @@ class CatalogApiArgs(TypedDict):
     """Key → accounts; defaults to the secret config ``sgp-infra:apiKeys``."""
     namespace: NotRequired[pulumi.Resource]
     """The Namespace resource, when this program creates it (adds the dependency)."""
+    stack: NotRequired[str]
+    """The stack the catalogue comes from, named by the API's write (405) answers; defaults to
+    ``pulumi.get_stack()``."""
 
 
 class CatalogApi(pulumi.ComponentResource):
@@ -74,7 +77,8 @@ class CatalogApi(pulumi.ComponentResource):
                                        additional_secret_outputs=["stringData", "data"]))
 
         self.children: dict[str, pulumi.CustomResource] = {}
-        planned = plan_api(catalog)  # once: it serialises the whole catalogue
+        stack = args["stack"] if "stack" in args else pulumi.get_stack()
+        planned = plan_api(catalog, stack)  # once: it serialises the whole catalogue
         for manifest in planned:
             extra = [self.secret] if manifest["kind"] == "Deployment" and self.secret is not None else []
             suffix = child_suffix(manifest)

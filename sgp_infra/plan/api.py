@@ -32,6 +32,9 @@ API_PORT_NAME = "http"
 CATALOG_MOUNT = "/etc/sgp-infra"
 CHECKSUM_ANNOTATION = "sgp-infra.io/catalog-checksum"
 RUN_AS = 10001
+#: The stack the catalogue comes from, passed to the API container: its 405
+#: answers name ``stacks/Pulumi.<stack>.yaml`` and ``--stack <stack>``.
+STACK_ENV = "SGP_INFRA_STACK"
 
 
 def api_labels() -> dict[str, str]:
@@ -108,8 +111,9 @@ def role_binding(namespace: str) -> dict[str, Any]:
     }
 
 
-def container(catalog: Catalog) -> dict[str, Any]:
+def container(catalog: Catalog, stack: Optional[str] = None) -> dict[str, Any]:
     http = {"path": "/healthz", "port": API_PORT_NAME}
+    stack_env = [{"name": STACK_ENV, "value": stack}] if stack else []
     return {
         "name": "api",
         "image": catalog.settings.api.image,
@@ -120,6 +124,7 @@ def container(catalog: Catalog) -> dict[str, Any]:
             {"name": "SGP_INFRA_API_KEYS",
              "valueFrom": {"secretKeyRef": {"name": API_KEYS_SECRET, "key": API_KEYS_KEY, "optional": True}}},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
+            *stack_env,
         ],
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
         "readinessProbe": {"httpGet": {**http, "path": "/readyz"}, "periodSeconds": 5, "failureThreshold": 3},
@@ -135,7 +140,7 @@ def container(catalog: Catalog) -> dict[str, Any]:
     }
 
 
-def deployment(catalog: Catalog, checksum: Optional[str] = None) -> dict[str, Any]:
+def deployment(catalog: Catalog, checksum: Optional[str] = None, stack: Optional[str] = None) -> dict[str, Any]:
     ns = catalog.settings.namespace
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(API_NAME, ns),
@@ -156,7 +161,7 @@ def deployment(catalog: Catalog, checksum: Optional[str] = None) -> dict[str, An
                     "enableServiceLinks": False,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [container(catalog)],
+                    "containers": [container(catalog, stack)],
                     "volumes": [{"name": "catalog", "configMap": {"name": CATALOG_CONFIGMAP}},
                                 {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
                 },
@@ -182,9 +187,13 @@ def pdb(namespace: str) -> dict[str, Any]:
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": api_selector()}}}
 
 
-def plan_api(catalog: Catalog) -> list[dict[str, Any]]:
-    """The API's objects in apply order (the keys Secret excluded; see module doc)."""
+def plan_api(catalog: Catalog, stack: Optional[str] = None) -> list[dict[str, Any]]:
+    """The API's objects in apply order (the keys Secret excluded; see module doc).
+
+    ``stack``, the stack the catalogue comes from, is passed to the container
+    (``SGP_INFRA_STACK``) so write answers name its file and ``--stack`` flag.
+    """
     ns = catalog.settings.namespace
     document = catalog_document(catalog)  # serialised once: the ConfigMap's data and the checksum
     return [service_account(ns), role(ns), role_binding(ns), config_map(catalog, document),
-            deployment(catalog, document_checksum(document)), service(ns), pdb(ns)]
+            deployment(catalog, document_checksum(document), stack), service(ns), pdb(ns)]
