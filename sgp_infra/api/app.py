@@ -42,10 +42,12 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..catalog import Catalog
+from ..catalog.settings import ApiLimits
 from . import routes_v4, routes_v5, writes
 from .auth import KeyRing
 from .common import json_response
 from .errors import install_error_handlers
+from .limits import install_limits
 from .metrics import Metrics, MetricsMiddleware
 from .status import StaticStatus, StatusSource
 from .views import CatalogIndex
@@ -114,13 +116,15 @@ def http_protocol(app: FastAPI, *, express: bool = True) -> Any:
 
 def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
                status_source: Optional[StatusSource] = None, stack: Optional[str] = None,
-               backends: Optional[Mapping[str, str]] = None, include_inference: bool = True) -> FastAPI:
+               backends: Optional[Mapping[str, str]] = None, include_inference: bool = True,
+               limits: Optional[ApiLimits] = None) -> FastAPI:
     """The service for ``catalog``.
 
     ``api_keys`` maps each key to the accounts it may see (see ``auth``);
     ``status_source`` defaults to every model ``ready`` (no I/O);
     ``stack`` names the stack in 405 answers; ``backends`` overrides where
-    inference for a model is sent (used by inference routing and probing).
+    inference for a model is sent (used by inference routing and probing);
+    ``limits`` are the client-facing limits the app enforces (see ``limits``).
     """
     status = status_source or StaticStatus()
 
@@ -146,6 +150,7 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     app.state.started = False
     app.state.v5_page_cache = {}
     install_error_handlers(app)
+    install_limits(app, limits)  # before MetricsMiddleware, so that counts the requests the guard rejects
     inference = _inference_module() if include_inference else None
     fast_path = getattr(inference, "FastPath", None)
     if fast_path is not None:
