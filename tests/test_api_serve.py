@@ -108,3 +108,42 @@ def test_reuse_port_lets_two_serve_processes_share_a_port_and_either_one_answers
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=10)
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    return {k.decode(): v.decode() for k, v in pairs}
+
+
+def test_two_workers_answer_requests_and_metrics_and_the_metrics_dir_is_removed() -> None:
+    port = free_port()
+    proc = _start(port, "--workers", "2")
+    try:
+        wait_ready(proc, port)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"x-api-key": "sgp-infra-dev-key"}) as client:
+            for _ in range(20):
+                r = client.get("/v4/models", headers={"connection": "close"})
+                assert r.status_code == 200 and r.json()["total_item_count"] >= 1
+            metrics = client.get("/metrics")
+        assert metrics.status_code == 200 and "sgp_infra_api_requests_total" in metrics.text
+        # Two worker processes share the port, each with a fresh prometheus_client multiprocess directory.
+        workers = [pid for pid in _children(proc.pid) if b"spawn_main" in _cmdline(pid)]  # not the resource tracker
+        assert len(workers) == 2
+        [metrics_dir] = {_environ(pid)["PROMETHEUS_MULTIPROC_DIR"] for pid in workers}
+        assert os.path.isdir(metrics_dir)
+        assert "SGP_INFRA_API_KEYS" not in _environ(workers[0])  # the dev key is rebuilt, never passed on
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert not os.path.exists(metrics_dir)

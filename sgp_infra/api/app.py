@@ -150,12 +150,12 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     app.state.started = False
     app.state.v5_page_cache = {}
     install_error_handlers(app)
-    install_limits(app, limits)  # before MetricsMiddleware, so that counts the requests the guard rejects
     inference = _inference_module() if include_inference else None
     fast_path = getattr(inference, "FastPath", None)
     if fast_path is not None:
         # Added first, so it sits inside MetricsMiddleware (added next, outermost).
         app.add_middleware(fast_path, api=app)
+    install_limits(app, limits)  # before MetricsMiddleware, so that counts the requests the guard rejects
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")

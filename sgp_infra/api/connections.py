@@ -19,11 +19,14 @@ to see where each request head and each header field begins and ends:
   request head; then it gets a 408 (or, if it never sent a byte, is just
   closed);
 * **head size and header count** — a request line plus header fields over
-  ``max_header_bytes``, or more than ``max_headers`` fields, is a 431.  Trailer
-  fields of a chunked body count against the same limits (uvicorn would add
-  them to the request's headers).  Bytes are counted as they are fed, in
-  slices, so neither parser ever buffers more than the limit plus one slice
-  of an unfinished field.
+  ``max_header_bytes``, or more than ``max_headers`` fields, is a 431.  Bytes
+  are counted as they are fed, in slices, so neither parser ever buffers more
+  than the limit plus one slice of an unfinished field;
+* **no request trailers** — uvicorn adds the trailer fields of a chunked body
+  to the request's headers, and when they arrive with the head that happens
+  before any ASGI code runs, so a trailer could pass for a header the client
+  sent up front (an ``x-api-key``).  A request with trailers is a 400, and
+  uvicorn never sees them.
 
 A request the guard's parser cannot parse is a 400 in the error shape.  Every
 error the guard writes has ``Connection: close``; the connection then closes
@@ -86,6 +89,7 @@ class GuardedHttp(asyncio.Protocol):
         #: While true, bytes fed count against the head budget: inside a head, or after a chunk header
         #: (the last chunk's trailers), until body bytes show it was an ordinary chunk.
         self.counting = True
+        self.in_head = True  # between a request's first byte and the end of its head
         self.used = 0  # raw bytes fed while counting, this message
         self.size = 0  # request line plus complete header fields, this message
         self.fields = 0
@@ -144,7 +148,7 @@ class GuardedHttp(asyncio.Protocol):
     # --- httptools callbacks (the guard's own parser) --------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.counting = True
+        self.counting = self.in_head = True
         self.used = self.size = self.fields = 0
         self._arm()
 
@@ -153,6 +157,11 @@ class GuardedHttp(asyncio.Protocol):
         self._check_size()
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head and self.violation is None:
+            # uvicorn would add a trailer field to the request's headers, where it could pass for one
+            # the client sent up front (an x-api-key, say): a request with trailers is refused.
+            self.violation = (400, "request trailers are not accepted by this API; send every field in the "
+                                   "request head")
         self.fields += 1
         self.size += len(name) + len(value) + 4
         if self.fields > self.limits.max_headers and self.violation is None:
@@ -160,7 +169,7 @@ class GuardedHttp(asyncio.Protocol):
         self._check_size()
 
     def on_headers_complete(self) -> None:
-        self.counting = False
+        self.counting = self.in_head = False
         self._disarm()
 
     def on_chunk_header(self) -> None:

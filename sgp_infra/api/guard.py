@@ -19,9 +19,9 @@ task or stream wrapping) around the whole app.  For each HTTP request it:
   for it (it pauses the socket above 64 KiB buffered), so a body is never held
   beyond the limit plus one buffer.
 
-A rejected request that announced a body gets ``Connection: close``: the
-server then closes the connection rather than reading the rest of the body
-to reach the next request.
+A rejected request with a chunked body or one over 64 KiB gets
+``Connection: close``: the server then closes the connection rather than
+reading the rest of the body to reach the next request.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import CALLER_KEY, authenticate
 from .errors import ApiError, error_response
+
+#: Largest announced body of a rejected request after which the connection stays open (uvicorn drops it).
+KEEP_ALIVE_AFTER = 64 * 1024
 
 #: Routes anyone may call: probes, Prometheus, and the OpenAPI document and its pages.
 OPS_PATHS = ("/healthz", "/readyz", "/metrics")
@@ -88,7 +91,9 @@ class RequestGuard:
                 length = value
             elif name == b"transfer-encoding":
                 chunked = True
-        has_body = chunked or (length is not None and length.strip() not in (b"", b"0"))
+        # A rejected request whose body uvicorn would have to read (and drop) to reach the next request
+        # closes the connection instead; a small announced body is dropped and the connection kept.
+        close = chunked or (length is not None and _over(length, KEEP_ALIVE_AFTER))
         if scope["path"] not in self.open:
             try:
                 if keys > 1:
@@ -96,7 +101,7 @@ class RequestGuard:
                 who = authenticate(self.state.keyring, api_key.decode("latin-1") if api_key else None,
                                    selected.decode("latin-1") if selected else None)
             except ApiError as exc:
-                await self._reject(exc, has_body, scope, receive, send)
+                await self._reject(exc, close, scope, receive, send)
                 return
             scope.setdefault("state", {})[CALLER_KEY] = who
         if length is not None and _over(length, self.max_body_bytes):

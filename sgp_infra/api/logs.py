@@ -21,7 +21,9 @@ import orjson
 #: The per-request line's logger (written by ``access_log.AccessLogMiddleware``).
 ACCESS_LOGGER = "sgp_infra.api.access"
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+#: Record attributes that are not ``extra`` fields (uvicorn's ``color_message`` is its terminal copy of the message).
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName",
+                                                                         "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -33,19 +33,32 @@ class ApiLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    #: Largest request body (413 beyond it, before reading it when Content-Length says so).
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, alias="maxBodyBytes")
-    #: Largest request head: request line plus header fields (431 beyond it).
-    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024, alias="maxHeaderBytes")
-    #: Most header fields in one request (431 beyond it).
-    max_headers: int = Field(default=100, ge=8, le=10_000, alias="maxHeaders")
-    #: Seconds a client has, from connecting or from the first byte of a request, to send the whole head.
-    header_timeout_seconds: float = Field(default=10.0, gt=0, le=600, alias="headerTimeoutSeconds")
-    #: Seconds an idle keep-alive connection stays open after a response.  Above ingress-nginx's 60 s
-    #: upstream keep-alive, so the proxy, not the API, closes a pooled connection first.
-    keep_alive_timeout_seconds: int = Field(default=75, ge=1, le=3600, alias="keepAliveTimeoutSeconds")
-    #: Open connections per worker process; beyond it a new connection gets a 503 and is closed.
-    max_connections: int = Field(default=1000, ge=1, alias="maxConnections")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, alias="maxBodyBytes",
+                                description="largest request body in bytes (413 beyond it; checked against "
+                                            "Content-Length before reading, counted while reading a chunked body)")
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024, alias="maxHeaderBytes",
+                                  description="largest request line plus header fields in bytes (431 beyond it)")
+    max_headers: int = Field(default=100, ge=8, le=10_000, alias="maxHeaders",
+                             description="most header fields in one request, trailers included (431 beyond it)")
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=600, alias="headerTimeoutSeconds",
+                                          description="seconds a client has to send a whole request head, from "
+                                                      "connecting or from the request's first byte (408)")
+    # Above ingress-nginx's 60 s upstream keep-alive, so the proxy, not the API, closes a pooled connection first.
+    keep_alive_timeout_seconds: int = Field(default=75, ge=1, le=3600, alias="keepAliveTimeoutSeconds",
+                                            description="seconds an idle keep-alive connection stays open")
+    max_connections: int = Field(default=1000, ge=1, alias="maxConnections",
+                                 description="open connections per worker process (a new one beyond it gets a 503)")
+
+
+#: The ``serve`` flag of each :class:`ApiLimits` field (the planner passes them to the API pods).
+SERVE_LIMIT_FLAGS = {
+    "max_body_bytes": "--max-body-bytes",
+    "max_header_bytes": "--max-header-bytes",
+    "max_headers": "--max-headers",
+    "header_timeout_seconds": "--header-timeout",
+    "keep_alive_timeout_seconds": "--keep-alive-timeout",
+    "max_connections": "--max-connections",
+}
 
 
 class ApiGatewayRef(BaseModel):

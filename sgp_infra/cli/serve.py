@@ -67,35 +67,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-#: ``serve`` flag → ``ApiLimits`` field; each flag's default is the stack's ``sgp-infra:api.limits``
-#: value, else ``ApiLimits``'s default.
-LIMIT_FLAGS = {
-    "--max-body-bytes": ("max_body_bytes", int, "largest request body in bytes (413 beyond it)"),
-    "--max-header-bytes": ("max_header_bytes", int, "largest request line plus header fields in bytes (431)"),
-    "--max-headers": ("max_headers", int, "most header fields in a request (431 beyond it)"),
-    "--header-timeout": ("header_timeout_seconds", float,
-                         "seconds a client has to send a request head, from connecting or from its first byte"),
-    "--keep-alive-timeout": ("keep_alive_timeout_seconds", int, "seconds an idle keep-alive connection stays open"),
-    "--max-connections": ("max_connections", int, "open connections per worker (503 to new ones beyond it)"),
-}
-
-
 def add_limit_args(parser: argparse.ArgumentParser) -> None:
-    from ..catalog.settings import ApiLimits
+    """One flag per ``ApiLimits`` field (``SERVE_LIMIT_FLAGS``), its help from the field's description."""
+    from ..catalog.settings import SERVE_LIMIT_FLAGS, ApiLimits
 
-    group = parser.add_argument_group("client limits (default: the stack's sgp-infra:api.limits, see docs/api.md)")
-    for flag, (name, kind, text) in LIMIT_FLAGS.items():
-        default = ApiLimits.model_fields[name].default
-        group.add_argument(flag, dest=name, type=kind, default=None, metavar="N", help=f"{text} (default {default})")
+    group = parser.add_argument_group("client limits (default: the stack's sgp-infra:api.limits, else the "
+                                      "value shown; see docs/api.md)")
+    for name, flag in SERVE_LIMIT_FLAGS.items():
+        info = ApiLimits.model_fields[name]
+        group.add_argument(flag, dest=name, type=info.annotation, default=None, metavar="N",
+                           help=f"{info.description} (default {info.default})")
 
 
 def limits_of(args: argparse.Namespace, catalog: Catalog) -> dict[str, Any]:
     """The stack's ``sgp-infra:api.limits`` with the flags given on the command line on top."""
-    from ..catalog.settings import ApiLimits
+    from pydantic import ValidationError
+
+    from ..catalog.settings import SERVE_LIMIT_FLAGS, ApiLimits
 
     base = catalog.settings.api.limits.model_dump()
-    given = {name: getattr(args, name) for name, _, _ in LIMIT_FLAGS.values() if getattr(args, name) is not None}
-    return ApiLimits.model_validate({**base, **given}).model_dump()
+    given = {name: getattr(args, name) for name in SERVE_LIMIT_FLAGS if getattr(args, name) is not None}
+    try:
+        return ApiLimits.model_validate({**base, **given}).model_dump()
+    except ValidationError as exc:
+        problems = [f"{SERVE_LIMIT_FLAGS.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors()]
+        raise ValueError("; ".join(problems)) from None
 
 
 def positive_int(text: str) -> int:
@@ -170,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         limits = limits_of(args, catalog)
-    except ValueError as exc:  # pydantic's ValidationError: a flag out of its range
+    except ValueError as exc:  # a flag out of its range
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     options = ServeOptions(
