@@ -544,3 +544,27 @@ def test_the_caller_comes_from_the_guard_not_from_headers_read_later(client: htt
     assert narrowed["total_item_count"] < both["total_item_count"]
     assert {m["account_id"] for m in narrowed["items"]} == {"other-account"}
 
+
+
+def test_the_v5_page_cache_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every distinct query string is a cache entry; their bytes stay under the cap however many there are."""
+    from fastapi.testclient import TestClient
+
+    from sgp_infra.api import routes_v5
+
+    monkeypatch.setattr(routes_v5, "PAGE_CACHE_BYTES", 350_000)
+    app = create_app(make_catalog(extra_acme=400, extra_other=0), api_keys=API_KEYS, include_inference=False)
+    with TestClient(app, headers={"x-api-key": ACME_KEY}) as client:
+        sizes = []
+        for i in range(20):
+            r = client.get("/v5/models", params={"limit": 100, "unknown": i})
+            assert r.status_code == 200
+            sizes.append(len(r.content))
+        again = client.get("/v5/models", params={"limit": 100, "unknown": 19})
+        assert again.content == r.content  # answered from the cache
+        _shape(client.get("/v5/models", params={"limit": 0}), 422)
+        held = sum(len(body) for body in app.state.v5_page_cache.values())
+        assert sum(sizes) > 350_000 >= held >= sizes[-1]
+        big = client.get("/v5/models", params={"limit": 400})  # a page over the whole cap: not cached
+        assert big.status_code == 200 and len(big.content) > 350_000
+        assert sum(len(body) for body in app.state.v5_page_cache.values()) == held
