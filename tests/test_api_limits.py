@@ -263,6 +263,24 @@ def test_an_announced_body_over_the_limit_is_413_and_a_streamed_one_is_cut_at_it
         asyncio.run(main())
 
 
+def test_a_chunked_body_in_small_chunks_within_the_limit_passes_the_guards(api: Api) -> None:
+    """Chunk headers are where trailers could start: many of them must not count as a long head."""
+    async def main() -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+        writer.write(f"POST /v5/chat/completions HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\n"
+                     "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        body = b'{"model": "echo", "messages": [], "pad": "' + b"a" * (MAX_BODY // 2) + b'"}'
+        for i in range(0, len(body), 1000):
+            writer.write(b"%x\r\n%s\r\n" % (len(body[i:i + 1000]), body[i:i + 1000]))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        status, _, _ = await asyncio.wait_for(read_response(reader), 10)
+        writer.close()
+        return status
+
+    assert asyncio.run(main()) not in (400, 408, 413, 431)
+
+
 # --- 3. slow headers (slowloris) -----------------------------------------------------------------------------
 
 

@@ -194,7 +194,8 @@ class GuardedHttp(asyncio.Protocol):
         budget = self.limits.max_header_bytes
         pos, end = 0, len(data)
         while pos < end and self.violation is None:
-            step = max(1, budget - self.used + 1) if self.counting else SLICE
+            counting = self.counting
+            step = max(1, budget - self.used + 1) if counting else SLICE
             piece = data[pos:pos + step]
             try:
                 self.parser.feed_data(piece)
@@ -205,7 +206,9 @@ class GuardedHttp(asyncio.Protocol):
             except httptools.HttpParserError:
                 self.violation = (400, "the request is not valid HTTP/1.1")
                 return
-            if self.counting:
+            # Counted when the whole piece may be head or trailers; a head that starts inside a piece of
+            # body is counted from the next piece on (so at most one slice of it escapes the count).
+            if counting and self.counting:
                 self.used += len(piece)
                 if self.used > budget and self.violation is None:
                     self.violation = (431, f"the request line and header fields are over the {budget:,}-byte "
