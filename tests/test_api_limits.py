@@ -509,7 +509,7 @@ def test_every_error_keeps_the_json_shape(client: httpx.Client, app_url: str) ->
     _shape(client.get("/v4/models", params={"limit": 0}), 422)
     _shape(httpx.get(f"{app_url}/v4/models"), 401)
     _shape(client.get("/v4/models", headers={"x-selected-account-id": "nope"}), 403)
-    _shape(client.get("/v4/models", headers=[("x-api-key", ACME_KEY), ("x-api-key", "other")]), 401)
+    _shape(client.get("/v4/models", headers=[("x-api-key", "wrong"), ("x-api-key", ACME_KEY)]), 401)  # the first
     r = client.post("/v4/models", content=b"x" * (64 * 1024 + 1), headers={"content-type": "application/json"})
     assert _shape(r, 413) and r.headers["connection"] == "close"
 

@@ -76,17 +76,18 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # The first of repeated fields counts, as Starlette's ``request.headers.get`` reads them.
         api_key: Optional[bytes] = None
-        keys = 0
         selected: Optional[bytes] = None
         length: Optional[bytes] = None
         chunked = False
         for name, value in scope["headers"]:
             if name == b"x-api-key":
-                api_key = value
-                keys += 1
+                if api_key is None:
+                    api_key = value
             elif name == b"x-selected-account-id":
-                selected = value
+                if selected is None:
+                    selected = value
             elif name == b"content-length":
                 length = value
             elif name == b"transfer-encoding":
@@ -96,8 +97,6 @@ class RequestGuard:
         close = chunked or (length is not None and _over(length, KEEP_ALIVE_AFTER))
         if scope["path"] not in self.open:
             try:
-                if keys > 1:
-                    raise ApiError(401, "send one x-api-key header, not several")
                 who = authenticate(self.state.keyring, api_key.decode("latin-1") if api_key else None,
                                    selected.decode("latin-1") if selected else None)
             except ApiError as exc:
