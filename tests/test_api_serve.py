@@ -7,8 +7,10 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 import scale_gp_beta
 
 from api_helpers import ROOT
@@ -108,3 +110,66 @@ def test_reuse_port_lets_two_serve_processes_share_a_port_and_either_one_answers
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=10)
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    return {k.decode(): v.decode() for k, v in pairs}
+
+
+def test_two_workers_answer_requests_and_metrics_and_the_metrics_dir_is_removed() -> None:
+    port = free_port()
+    proc = _start(port, "--workers", "2")
+    try:
+        wait_ready(proc, port)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"x-api-key": "sgp-infra-dev-key"}) as client:
+            for _ in range(20):
+                r = client.get("/v4/models", headers={"connection": "close"})
+                assert r.status_code == 200 and r.json()["total_item_count"] >= 1
+            metrics = client.get("/metrics")
+        assert metrics.status_code == 200 and "sgp_infra_api_requests_total" in metrics.text
+        # Two worker processes share the port, each with a fresh prometheus_client multiprocess directory.
+        workers = [pid for pid in _children(proc.pid) if b"spawn_main" in _cmdline(pid)]  # not the resource tracker
+        assert len(workers) == 2
+        [metrics_dir] = {_environ(pid)["PROMETHEUS_MULTIPROC_DIR"] for pid in workers}
+        assert os.path.isdir(metrics_dir)
+        assert "SGP_INFRA_API_KEYS" not in _environ(workers[0])  # the dev key is rebuilt, never passed on
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert not os.path.exists(metrics_dir)
+
+
+@pytest.mark.xfail(reason="needs the request metrics on prometheus_client's multiprocess mode (issue 14, the "
+                          "inference helper's part); remove this marker once /metrics sums the workers",
+                   strict=False)
+def test_metrics_sum_the_workers() -> None:
+    port = free_port()
+    proc = _start(port, "--workers", "2")
+    try:
+        wait_ready(proc, port)
+
+        def one(_: int) -> int:
+            return httpx.get(f"http://127.0.0.1:{port}/v4/models", headers={"x-api-key": "sgp-infra-dev-key"},
+                             timeout=10).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(one, range(40))) == [200] * 40
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith("sgp_infra_api_requests_total{") and 'route="/v4/models"' in line)
+    assert counted == 40

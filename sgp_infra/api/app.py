@@ -43,10 +43,12 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..catalog import Catalog
+from ..catalog.settings import ApiLimits
 from . import routes_v4, routes_v5, writes
 from .auth import KeyRing
 from .common import json_response
 from .errors import install_error_handlers
+from .limits import install_limits
 from .metrics import Metrics, MetricsMiddleware
 from .status import StaticStatus, StatusSource
 from .views import CatalogIndex
@@ -116,14 +118,15 @@ def http_protocol(app: FastAPI, *, express: bool = True) -> Any:
 def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
                status_source: Optional[StatusSource] = None, stack: Optional[str] = None,
                backends: Optional[Mapping[str, str]] = None, include_inference: bool = True,
-               config_file: Optional[str] = None) -> FastAPI:
+               config_file: Optional[str] = None, limits: Optional[ApiLimits] = None) -> FastAPI:
     """The service for ``catalog``.
 
     ``api_keys`` maps each key to the accounts it may see (see ``auth``);
     ``status_source`` defaults to every model ``ready`` (no I/O);
     ``stack`` names the stack in 405 answers (else ``config_file``, the file
     the catalogue was read from; see ``writes.config_source``); ``backends`` overrides where
-    inference for a model is sent (used by inference routing and probing).
+    inference for a model is sent (used by inference routing and probing);
+    ``limits`` are the client-facing limits the app enforces (see ``limits``).
     """
     status = status_source or StaticStatus()
 
@@ -155,6 +158,7 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     if fast_path is not None:
         # Added first, so it sits inside MetricsMiddleware (added next, outermost).
         app.add_middleware(fast_path, api=app)
+    install_limits(app, limits)  # before MetricsMiddleware, so that counts the requests the guard rejects
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")

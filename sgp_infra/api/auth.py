@@ -5,7 +5,9 @@ accounts it may see (``{"<key>": ["acme-ml", ...]}``); in a cluster the
 ``sgp-infra-api-keys`` Secret fills it from the Pulumi secret
 ``sgp-infra:apiKeys``.
 
-Rules every route relies on (through the :func:`caller` dependency):
+Rules every route relies on (checked once per request, from its head, by
+``guard.RequestGuard``; routes get the result through the :func:`caller`
+dependency):
 
 * ``x-api-key`` is required everywhere except the health routes;
 * the key is compared against every configured key with
@@ -23,7 +25,7 @@ import hmac
 import json
 import os
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
@@ -115,11 +117,30 @@ def authenticate(keyring: KeyRing, api_key: Optional[str], selected: Optional[st
     return Caller(accounts)
 
 
+#: Where ``guard.RequestGuard`` leaves the authenticated caller in the request's ASGI state (``scope["state"]``).
+CALLER_KEY = "sgp_infra.caller"
+
+
+def caller_in(scope: Mapping[str, Any]) -> Optional[Caller]:
+    """The caller ``guard.RequestGuard`` authenticated for this request, if any."""
+    state = scope.get("state")
+    return state.get(CALLER_KEY) if state is not None else None
+
+
 #: Declares the header in the OpenAPI document (so /docs offers it); the check
 #: itself is :func:`authenticate`, which answers in the API's error shape.
 API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="your sgp-infra API key")
 
 
 async def caller(request: Request, api_key: Optional[str] = Security(API_KEY_HEADER)) -> Caller:
-    """FastAPI dependency: the authenticated caller of this request."""
-    return authenticate(request.app.state.keyring, api_key, request.headers.get("x-selected-account-id"))
+    """FastAPI dependency: the authenticated caller of this request.
+
+    The app's :class:`~sgp_infra.api.guard.RequestGuard` authenticated it from
+    the request head before any route ran; this only hands that caller on
+    (``api_key`` is here so the OpenAPI document declares the header).  A
+    route on a path the guard leaves open has no caller: a 401.
+    """
+    who = caller_in(request.scope)
+    if who is None:
+        raise ApiError(401, "missing x-api-key header; send your sgp-infra API key in it")
+    return who

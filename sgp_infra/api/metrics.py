@@ -1,4 +1,4 @@
-"""Prometheus metrics and the per-request log line, in one ASGI middleware.
+"""Prometheus metrics, in one ASGI middleware (the access line is ``access_log``'s).
 
 A plain ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``: it
 adds no task or stream wrapping per request, which matters for the list
@@ -13,16 +13,12 @@ other parts of the service (inference routing) register their metrics on it so
 
 from __future__ import annotations
 
-import logging
 import time
 
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .logs import access_line
 from .series import CounterSeries, HistogramSeries
-
-access_log = logging.getLogger("sgp_infra.api.access")
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -38,12 +34,9 @@ class Metrics:
                                        registry=self.registry)
 
     def record(self, method: str, path: str, route: str, status: int, elapsed: float) -> None:
-        """Count one answered request, observe its latency and write its access line."""
+        """Count one answered request and observe its latency."""
         self.requests.inc((method, route, status))
         self.latency.observe((method, route), elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            access_line({"method": method, "path": path, "route": route, "status": status,
-                         "duration_ms": round(elapsed * 1000, 3)})
 
 
 def _route_of(scope: Scope) -> str:

@@ -16,6 +16,8 @@ from .errors import ApiError
 
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 100
+#: Most sort keys one list query may give (each is a full sort of the list): a 422 beyond.
+MAX_SORT_KEYS = 8
 
 
 def _sort_key(field: str):  # type: ignore[no-untyped-def]
@@ -43,13 +45,16 @@ def sort_items(items: list[dict[str, Any]], specs: Sequence[tuple[str, bool]]) -
 
 
 def parse_v4_sort(sort_by: Optional[Iterable[str]], allowed: Iterable[str]) -> list[tuple[str, bool]]:
-    """``["name:asc", "created_at:desc"]`` → specs; unknown fields are a 422."""
+    """``["name:asc", "created_at:desc"]`` → specs; unknown fields and more than
+    :data:`MAX_SORT_KEYS` keys are a 422."""
     allowed = set(allowed)
     specs = []
     for raw in sort_by or ():
         for part in raw.split(","):  # tolerate comma-joined lists
             if not part:
                 continue
+            if len(specs) == MAX_SORT_KEYS:
+                raise ApiError(422, f"too many sort_by keys: at most {MAX_SORT_KEYS} per query")
             field, _, direction = part.partition(":")
             direction = direction or "asc"
             if field not in allowed or direction not in ("asc", "desc"):

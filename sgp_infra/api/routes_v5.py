@@ -7,10 +7,11 @@ outside a cluster); ``sort_by`` takes any top-level field of a model.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Any, Literal, Optional
 
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from .auth import Caller, caller
@@ -40,23 +41,53 @@ class ListParams(BaseModel):
     sort_order: Literal["asc", "desc"] = "asc"
 
 
-@router.get("/models", summary="List models")
-async def list_models(request: Request, params: Annotated[ListParams, Query()],
-                      who: Caller = Depends(caller)) -> Response:
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The OpenAPI query parameters of ``model``'s fields, as FastAPI declares a query model's."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    return [{"name": name, "in": "query", "required": name in required, "schema": field,
+             **({"description": field["description"]} if "description" in field else {})}
+            for name, field in schema["properties"].items()]
+
+
+#: Bytes of cached pages kept at most (pages of up to 10,000 models are megabytes each).
+PAGE_CACHE_BYTES = 32 * 1024 * 1024
+
+
+@router.get("/models", summary="List models", openapi_extra={"parameters": _query_parameters(ListParams)})
+async def list_models(request: Request, who: Caller = Depends(caller)) -> Response:
+    """The page for this query, from the page cache when it can be.
+
+    The catalogue never changes while the service runs and status changes
+    only on a refresh (``status.version``), so a page is cached per raw query
+    string, caller accounts and status version, and a cached page is answered
+    before the query is even parsed.  That parsing is done here, with
+    ``ListParams``, rather than by FastAPI from a ``Query()`` model: FastAPI's
+    per-request query-model handling cost about as much as the rest of the
+    request (profiled on ``bench/bench_api.py``).  The OpenAPI document
+    declares the same parameters (``openapi_extra``).
+    """
     status = status_of(request)
-    # The catalogue never changes while the service runs and status changes
-    # only on a refresh (``status.version``), so a page is cached per query,
-    # caller accounts and status version.
-    cache: dict[tuple[object, ...], bytes] = request.app.state.v5_page_cache
     version = getattr(status, "version", None)
-    if version is None:  # a source that does not version its answers: no caching
-        return Response(_list_body(request, params, who), media_type="application/json")
-    key = (who.accounts, version, *params.__dict__.values())
-    body = cache.get(key)
-    if body is None:
-        body = _list_body(request, params, who)
-        if len(cache) >= 512:
+    cache: dict[tuple[object, ...], bytes] = request.app.state.v5_page_cache
+    key = (who.accounts, version, request.scope["query_string"])
+    if version is not None:
+        body = cache.get(key)
+        if body is not None:
+            return Response(body, media_type="application/json")
+    try:
+        params = ListParams.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
+    body = _list_body(request, params, who)
+    # Not cached: pages of a status source that does not version its answers, and pages over the whole cap.
+    if version is not None and len(body) <= PAGE_CACHE_BYTES:
+        state = request.app.state
+        held = getattr(state, "v5_page_cache_bytes", 0) + len(body)
+        if held > PAGE_CACHE_BYTES or len(cache) >= 512:
             cache.clear()
+            held = len(body)
+        state.v5_page_cache_bytes = held
         cache[key] = body
     return Response(body, media_type="application/json")
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .naming import is_dns1123_label
+from .quantity import parse_quantity
 
 #: Keys whose values are secrets: never read into the catalogue (which is
 #: published to the cluster and printed by the CLI).  They are read through
@@ -22,6 +23,125 @@ SECRET_KEYS = frozenset({"apiKeys"})
 CATALOG_KEYS = ("templates", "models", "modelGroups")
 
 
+class ApiLimits(BaseModel):
+    """``sgp-infra:api.limits``: what one client may ask of one API worker process.
+
+    The defaults are ``serve``'s defaults (its flags take them from here), and
+    the planner passes every value to the pods as ``serve`` flags; docs/api.md
+    has the table of which component enforces each.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, alias="maxBodyBytes",
+                                description="largest request body in bytes (413 beyond it; checked against "
+                                            "Content-Length before reading, counted while reading a chunked body)")
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024, alias="maxHeaderBytes",
+                                  description="largest request line plus header fields in bytes (431 beyond it)")
+    max_headers: int = Field(default=100, ge=8, le=10_000, alias="maxHeaders",
+                             description="most header fields in one request, trailers included (431 beyond it)")
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=600, alias="headerTimeoutSeconds",
+                                          description="seconds a client has to send a whole request head, from "
+                                                      "connecting or from the request's first byte (408)")
+    # Above ingress-nginx's 60 s upstream keep-alive, so the proxy, not the API, closes a pooled connection first.
+    keep_alive_timeout_seconds: int = Field(default=75, ge=1, le=3600, alias="keepAliveTimeoutSeconds",
+                                            description="seconds an idle keep-alive connection stays open")
+    max_connections: int = Field(default=1000, ge=1, alias="maxConnections",
+                                 description="open connections per worker process (a new one beyond it gets a 503)")
+
+
+#: The ``serve`` flag of each :class:`ApiLimits` field (the planner passes them to the API pods).
+SERVE_LIMIT_FLAGS = {
+    "max_body_bytes": "--max-body-bytes",
+    "max_header_bytes": "--max-header-bytes",
+    "max_headers": "--max-headers",
+    "header_timeout_seconds": "--header-timeout",
+    "keep_alive_timeout_seconds": "--keep-alive-timeout",
+    "max_connections": "--max-connections",
+}
+
+
+class ApiGatewayRef(BaseModel):
+    """The Gateway an HTTPRoute attaches to (``sgp-infra:api.ingress.gatewayRef``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=253)
+    namespace: Optional[str] = Field(default=None, min_length=1, max_length=63)
+    section_name: Optional[str] = Field(default=None, min_length=1, max_length=253, alias="sectionName")
+
+
+class ApiIngress(BaseModel):
+    """``sgp-infra:api.ingress``: put the API behind the cluster's ingress.
+
+    ``kind: httproute`` plans a Gateway API HTTPRoute attached to
+    ``gatewayRef``; ``kind: ingress`` plans a ``networking.k8s.io/v1`` Ingress
+    (``className``, ingress-nginx annotations for the body size, buffering and
+    timeouts).  The body limit comes from ``sgp-infra:api.limits``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    kind: Literal["httproute", "ingress"]
+    host: Optional[str] = Field(default=None, min_length=1, max_length=253,
+                                pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    path: str = Field(default="/", pattern=r"^/")
+    gateway_ref: Optional[ApiGatewayRef] = Field(default=None, alias="gatewayRef")
+    class_name: Optional[str] = Field(default=None, min_length=1, alias="className")
+    tls_secret_name: Optional[str] = Field(default=None, min_length=1, alias="tlsSecretName")
+    #: Longest gap between two reads or writes on the proxied connection (ingress-nginx). Above the
+    #: API's own 300 s read timeout for generating models, so the API answers its own 504 first.
+    read_timeout_seconds: int = Field(default=330, ge=1, le=86_400, alias="readTimeoutSeconds")
+    #: Longest whole request, streams included (HTTPRoute ``timeouts.request``; ingress-nginx has none).
+    request_timeout_seconds: int = Field(default=3600, ge=1, le=86_400, alias="requestTimeoutSeconds")
+    #: More annotations on the planned object (e.g. cert-manager's); planned ones win on a clash.
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fields_match_the_kind(self) -> "ApiIngress":
+        if self.kind == "httproute":
+            if self.gateway_ref is None:
+                raise ValueError("kind httproute needs gatewayRef: {name: <gateway>, namespace: <its namespace>}")
+            for field, key in (("class_name", "className"), ("tls_secret_name", "tlsSecretName")):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"{key} is for kind ingress; an HTTPRoute's TLS and class are its Gateway's")
+        elif self.gateway_ref is not None:
+            raise ValueError("gatewayRef is for kind httproute; an Ingress names its controller with className")
+        if self.tls_secret_name is not None and self.host is None:
+            raise ValueError("tlsSecretName needs host (the certificate's name)")
+        return self
+
+
+class ApiComputeResources(BaseModel):
+    """CPU and memory of the API container (one of ``requests``/``limits``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu: Optional[str] = None
+    memory: Optional[str] = None
+
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _quantity(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        parse_quantity(value)  # raises ValueError with an example of the syntax
+        return str(value)
+
+
+class ApiResources(BaseModel):
+    """``sgp-infra:api.resources``: overrides of the API container's requests and limits.
+
+    Unset values scale with ``workers`` (per worker: 250m CPU and 256Mi
+    memory requested, 1 CPU and 512Mi memory at most).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests: ApiComputeResources = Field(default_factory=ApiComputeResources)
+    limits: ApiComputeResources = Field(default_factory=ApiComputeResources)
+
+
 class ApiSettings(BaseModel):
     """``sgp-infra:api``: how the catalogue API service is deployed."""
 
@@ -29,6 +149,11 @@ class ApiSettings(BaseModel):
 
     image: str = Field(default="ghcr.io/sgp-infra/api:0.1.0", description="The API service's image.")
     replicas: int = Field(default=2, ge=1, description="Replicas of the API Deployment.")
+    #: uvicorn worker processes per pod (``serve --workers``); /metrics sums them.
+    workers: int = Field(default=1, ge=1, le=64)
+    resources: ApiResources = Field(default_factory=ApiResources)
+    limits: ApiLimits = Field(default_factory=ApiLimits)
+    ingress: Optional[ApiIngress] = None
 
 
 class StackSettings(BaseModel):

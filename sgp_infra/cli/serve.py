@@ -16,10 +16,11 @@ import ipaddress
 import os
 import socket
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from ..catalog import Catalog
-from .common import EXIT_USAGE, add_source_args, try_load
+from .common import EXIT_USAGE, add_source_args, config_file_of, try_load
+from .serving import dev_keys
 
 HELP = "run the SGP v4/v5 API service on a stack's catalogue (default http://127.0.0.1:8080)"
 
@@ -57,18 +58,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                         help="write one JSON log line per request (default on; --no-access-log saves its "
                              "cost on busy inference replicas, see docs/inference.md)")
-    parser.add_argument("--express", action=argparse.BooleanOptionalAction, default=True,
-                        help="answer non-streamed typed inference (completions, chat, embeddings, rerankings) "
-                             "at the HTTP protocol level, without the ASGI stack (default on; same answers, "
-                             "under half the CPU per request, see docs/inference.md)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="worker processes sharing the port (default: the stack's sgp-infra:api.workers, "
+                             "else 1); /metrics sums them")
     parser.add_argument("--reuse-port", action="store_true",
                         help="bind with SO_REUSEPORT, so several serve processes share --port and the kernel "
                              "spreads connections over them (one process uses one core; in a cluster, scale "
                              "the Deployment's replicas instead)")
+    add_limit_args(parser)
     parser.add_argument("--backend", dest="backends", metavar="MODEL=URL", action="append", type=backend_arg,
                         default=[], help="send MODEL's inference to URL instead of its in-cluster Service "
                                          "(repeatable), e.g. --backend echo=http://127.0.0.1:5005")
     parser.set_defaults(run=run)
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``ApiLimits`` field (``SERVE_LIMIT_FLAGS``), its help from the field's description."""
+    from ..catalog.settings import SERVE_LIMIT_FLAGS, ApiLimits
+
+    group = parser.add_argument_group("client limits (default: the stack's sgp-infra:api.limits, else the "
+                                      "value shown; see docs/api.md)")
+    for name, flag in SERVE_LIMIT_FLAGS.items():
+        info = ApiLimits.model_fields[name]
+        group.add_argument(flag, dest=name, type=info.annotation, default=None, metavar="N",
+                           help=f"{info.description} (default {info.default})")
+
+
+def limits_of(args: argparse.Namespace, catalog: Catalog) -> dict[str, Any]:
+    """The stack's ``sgp-infra:api.limits`` with the flags given on the command line on top."""
+    from pydantic import ValidationError
+
+    from ..catalog.settings import SERVE_LIMIT_FLAGS, ApiLimits
+
+    base = catalog.settings.api.limits.model_dump()
+    given = {name: getattr(args, name) for name in SERVE_LIMIT_FLAGS if getattr(args, name) is not None}
+    try:
+        return ApiLimits.model_validate({**base, **given}).model_dump()
+    except ValidationError as exc:
+        problems = [f"{SERVE_LIMIT_FLAGS.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors()]
+        raise ValueError("; ".join(problems)) from None
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def backend_arg(text: str) -> tuple[str, str]:
@@ -121,30 +156,10 @@ def resolve_keys(catalog: Catalog, host: str) -> Optional[dict[str, frozenset[st
         print(f"error: {ENV_VAR} is not set; refusing to serve on {host} without API keys. Set it to "
               """'{"<key>": ["<account>"]}' or listen on 127.0.0.1 to use the dev key.""", file=sys.stderr)
         return None
-    accounts = frozenset({catalog.settings.account_id}
-                         | {m.account_id for m in catalog.models.values()}
-                         | {t.account_id for t in catalog.templates.values()}
-                         | {g.account_id for g in catalog.groups.values()})
+    dev = dev_keys(catalog)
     print(f"note: {ENV_VAR} is not set; on this loopback address the dev API key '{DEV_API_KEY}' "
-          f"sees accounts {', '.join(sorted(accounts))}", file=sys.stderr)
-    return {DEV_API_KEY: accounts}
-
-
-def build_status(kind: str, catalog: Catalog, namespace: Optional[str], backends: dict[str, str]):  # type: ignore[no-untyped-def]
-    from ..api.common import model_base_url
-    from ..api.status import ProbeStatus, StaticStatus
-
-    if kind == "auto":
-        kind = "kubernetes" if os.environ.get("KUBERNETES_SERVICE_HOST") else "probe"
-    if kind == "none":
-        return StaticStatus()
-    if kind == "kubernetes":
-        from ..api.kube_status import KubeStatus
-
-        return KubeStatus(namespace or catalog.settings.namespace)
-    ns = catalog.settings.namespace
-    return ProbeStatus({m.object_name: model_base_url(m, backends, ns) + m.healthcheck_route
-                        for m in catalog.models.values()})
+          f"sees accounts {', '.join(sorted(dev[DEV_API_KEY]))}", file=sys.stderr)
+    return dev
 
 
 def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -156,32 +171,12 @@ def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socke
     return socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port)
 
 
-def tune_gc() -> None:
-    """Garbage-collector settings for a long-running request server.
-
-    * ``gc.freeze()`` after start-up moves the catalogue, the app and every
-      imported module out of the collector's reach: they live as long as the
-      process, and full collections no longer walk them.
-    * A first-generation threshold of 7,000 instead of 700: each inference
-      request allocates dozens of short-lived containers (aiohttp, Starlette),
-      so the default ran a collection every few requests.  Measured on the
-      benchmark, the collector went from about 14% of the API's CPU time to
-      under 2%.  Cyclic garbage is still collected, just in larger batches.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(7000, gen1, gen2)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here for the message below
 
-        from ..api import create_app, http_protocol
-        from ..api.logs import configure_json_logging, flush_access_lines
+        from ..api.logs import configure_json_logging
+        from .serving import ServeOptions, run as run_server
     except ImportError as exc:
         print(f"error: serving needs the api extra ({exc.name} is missing): pip install 'sgp-infra[api]'",
               file=sys.stderr)
@@ -192,23 +187,23 @@ def run(args: argparse.Namespace) -> int:
     keys = resolve_keys(catalog, args.host)
     if keys is None:
         return EXIT_USAGE
-    backends: dict[str, str] = dict(args.backends)
-    status = build_status(args.status, catalog, args.namespace, backends)
-    stack, config_file = write_target(args)
-    app = create_app(catalog, api_keys=keys, status_source=status, stack=stack, backends=backends,
-                     config_file=config_file)
+    try:
+        limits = limits_of(args, catalog)
+    except ValueError as exc:  # a flag out of its range
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    stack, writes_file = write_target(args)
+    options = ServeOptions(
+        config_file=str(config_file_of(args).resolve()), stack=stack, writes_file=writes_file, host=args.host,
+        status=args.status, namespace=args.namespace, backends=dict(args.backends), dev_key=keys == dev_keys(catalog),
+        access_log=args.access_log, log_level=args.log_level,
+        workers=args.workers or catalog.settings.api.workers, limits=limits)
     configure_json_logging(access_log=args.access_log)
     try:
         sock = listening_socket(args.host, args.port, reuse_port=args.reuse_port)
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"serving {catalog.summary()} on http://{args.host}:{sock.getsockname()[1]}", file=sys.stderr)
-    tune_gc()
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                            log_level=args.log_level, http=http_protocol(app, express=args.express))
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        flush_access_lines()
-    return 0
+    workers = f" with {options.workers} workers" if options.workers > 1 else ""
+    print(f"serving {catalog.summary()} on http://{args.host}:{sock.getsockname()[1]}{workers}", file=sys.stderr)
+    return run_server(options, sock, catalog)

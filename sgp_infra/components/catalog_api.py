@@ -1,7 +1,9 @@
 """``CatalogApi``: the SGP API service for a catalogue, in the stack's namespace.
 
-Registers exactly the objects :func:`sgp_infra.plan.api.plan_api` plans, plus
-the API keys Secret, whose value comes from the Pulumi secret
+Registers exactly the objects :func:`sgp_infra.plan.api.plan_api` plans
+(with ``sgp-infra:api.ingress`` set, also the HTTPRoute or Ingress in front of
+the API; ``sgp-infra:api.workers``, ``.limits`` and ``.resources`` shape the
+Deployment), plus the API keys Secret, whose value comes from the Pulumi secret
 ``sgp-infra:apiKeys`` (``{"<key>": ["<account>", ...]}``) and stays a secret
 output: it is never exported and never appears in a plain manifest.
 
@@ -47,7 +49,8 @@ class CatalogApiArgs(TypedDict):
 
 
 class CatalogApi(pulumi.ComponentResource):
-    """The catalogue API: Deployment, Service, catalogue ConfigMap, keys Secret, RBAC, PDB."""
+    """The catalogue API: Deployment, Service, catalogue ConfigMap, keys Secret, RBAC, PDB, and an
+    optional HTTPRoute or Ingress."""
 
     # Declared for type checkers only: Pulumi resolves a resource class's runtime annotations
     # (typing.get_type_hints) on every instantiation, a cost per model with no effect here.

@@ -3,7 +3,11 @@
 One Deployment (``settings.api.replicas``, 2 by default) under the restricted
 Pod Security Standard, its Service, the published catalogue ConfigMap, a
 ServiceAccount whose Role only reads model Deployments, ReplicaSets, pods and
-EndpointSlices (and the catalogue ConfigMap) in the namespace, and a PodDisruptionBudget.
+EndpointSlices (and the catalogue ConfigMap) in the namespace, a PodDisruptionBudget, and,
+when ``sgp-infra:api.ingress`` asks for one, an HTTPRoute or Ingress
+(``ingress``).  The container runs ``serve`` with ``sgp-infra:api.workers``
+and every ``sgp-infra:api.limits`` value as flags; its CPU and memory scale
+with the workers unless ``sgp-infra:api.resources`` sets them.
 
 The pod template carries a checksum of the published catalogue, so a catalogue
 change rolls the API pods.  The API keys Secret is *not* planned with a value:
@@ -19,6 +23,8 @@ import json
 from typing import Any, Optional
 
 from ..catalog import Catalog
+from ..catalog.settings import SERVE_LIMIT_FLAGS
+from .ingress import plan_ingress
 from .labels import COMPONENT, INSTANCE, MANAGED_BY, MANAGED_BY_KEY, NAME, PART_OF, PART_OF_KEY
 from .service import in_cluster_url
 
@@ -111,14 +117,41 @@ def role_binding(namespace: str) -> dict[str, Any]:
     }
 
 
+#: Per worker process: what the API container requests, and at most uses, unless ``sgp-infra:api.resources`` says.
+PER_WORKER = {"requests": {"cpu": 250, "memory": 256}, "limits": {"cpu": 1000, "memory": 512}}  # millicores, MiB
+
+
+def serve_args(catalog: Catalog) -> list[str]:
+    """The API container's ``serve`` command line: the catalogue, the workers and every client limit."""
+    api = catalog.settings.api
+    args = ["serve", "--config-file", f"{CATALOG_MOUNT}/{CATALOG_KEY}", "--host", "0.0.0.0",
+            "--port", str(API_PORT), "--status", "kubernetes", "--workers", str(api.workers)]
+    for field, flag in SERVE_LIMIT_FLAGS.items():
+        value = getattr(api.limits, field)
+        args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return args
+
+
+def resources(catalog: Catalog) -> dict[str, Any]:
+    """The API container's requests and limits: ``sgp-infra:api.resources``, else :data:`PER_WORKER` × workers."""
+    api = catalog.settings.api
+    out: dict[str, Any] = {}
+    for kind in ("requests", "limits"):
+        given = getattr(api.resources, kind)
+        cpu = PER_WORKER[kind]["cpu"] * api.workers
+        memory = PER_WORKER[kind]["memory"] * api.workers
+        out[kind] = {"cpu": given.cpu or (f"{cpu // 1000}" if cpu % 1000 == 0 else f"{cpu}m"),
+                     "memory": given.memory or f"{memory}Mi"}
+    return out
+
+
 def container(catalog: Catalog, stack: Optional[str] = None) -> dict[str, Any]:
     http = {"path": "/healthz", "port": API_PORT_NAME}
     stack_env = [{"name": STACK_ENV, "value": stack}] if stack else []
     return {
         "name": "api",
         "image": catalog.settings.api.image,
-        "args": ["serve", "--config-file", f"{CATALOG_MOUNT}/{CATALOG_KEY}", "--host", "0.0.0.0",
-                 "--port", str(API_PORT), "--status", "kubernetes"],
+        "args": serve_args(catalog),
         "ports": [{"name": API_PORT_NAME, "containerPort": API_PORT, "protocol": "TCP"}],
         "env": [
             {"name": "SGP_INFRA_API_KEYS",
@@ -126,7 +159,7 @@ def container(catalog: Catalog, stack: Optional[str] = None) -> dict[str, Any]:
             {"name": "PYTHONUNBUFFERED", "value": "1"},
             *stack_env,
         ],
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+        "resources": resources(catalog),
         "readinessProbe": {"httpGet": {**http, "path": "/readyz"}, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {"httpGet": dict(http), "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
         "startupProbe": {"httpGet": dict(http), "periodSeconds": 2, "failureThreshold": 30},
@@ -163,7 +196,8 @@ def deployment(catalog: Catalog, checksum: Optional[str] = None, stack: Optional
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container(catalog, stack)],
                     "volumes": [{"name": "catalog", "configMap": {"name": CATALOG_CONFIGMAP}},
-                                {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                                # /tmp also holds prometheus_client's per-worker metric files (--workers)
+                                {"name": "tmp", "emptyDir": {"sizeLimit": f"{64 + 16 * catalog.settings.api.workers}Mi"}}],
                 },
             },
         },
@@ -196,4 +230,5 @@ def plan_api(catalog: Catalog, stack: Optional[str] = None) -> list[dict[str, An
     ns = catalog.settings.namespace
     document = catalog_document(catalog)  # serialised once: the ConfigMap's data and the checksum
     return [service_account(ns), role(ns), role_binding(ns), config_map(catalog, document),
-            deployment(catalog, document_checksum(document), stack), service(ns), pdb(ns)]
+            deployment(catalog, document_checksum(document), stack), service(ns), pdb(ns),
+            *plan_ingress(catalog, _meta(API_NAME, ns), API_NAME, 80)]
