@@ -66,9 +66,11 @@ class ApiGatewayRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    name: str = Field(min_length=1, max_length=253)
-    namespace: Optional[str] = Field(default=None, min_length=1, max_length=63)
-    section_name: Optional[str] = Field(default=None, min_length=1, max_length=253, alias="sectionName")
+    name: str = Field(min_length=1, max_length=253, description="The Gateway's name.")
+    namespace: Optional[str] = Field(default=None, min_length=1, max_length=63,
+                                     description="The Gateway's namespace (default: the API's).")
+    section_name: Optional[str] = Field(default=None, min_length=1, max_length=253, alias="sectionName",
+                                        description="The Gateway listener to attach to (default: all).")
 
 
 class ApiIngress(BaseModel):
@@ -82,20 +84,29 @@ class ApiIngress(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    kind: Literal["httproute", "ingress"]
+    kind: Literal["httproute", "ingress"] = Field(
+        description="httproute: a Gateway API HTTPRoute; ingress: a networking.k8s.io/v1 Ingress.")
     host: Optional[str] = Field(default=None, min_length=1, max_length=253,
-                                pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    path: str = Field(default="/", pattern=r"^/")
-    gateway_ref: Optional[ApiGatewayRef] = Field(default=None, alias="gatewayRef")
-    class_name: Optional[str] = Field(default=None, min_length=1, alias="className")
-    tls_secret_name: Optional[str] = Field(default=None, min_length=1, alias="tlsSecretName")
+                                pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+                                description="The host name the API answers on (default: any).")
+    path: str = Field(default="/", pattern=r"^/", description="The path prefix routed to the API.")
+    gateway_ref: Optional[ApiGatewayRef] = Field(default=None, alias="gatewayRef",
+                                                 description="The Gateway an HTTPRoute attaches to (httproute).")
+    class_name: Optional[str] = Field(default=None, min_length=1, alias="className",
+                                      description="The IngressClass (ingress).")
+    tls_secret_name: Optional[str] = Field(default=None, min_length=1, alias="tlsSecretName",
+                                           description="The TLS certificate Secret for host (ingress).")
     #: Longest gap between two reads or writes on the proxied connection (ingress-nginx). Above the
     #: API's own 300 s read timeout for generating models, so the API answers its own 504 first.
-    read_timeout_seconds: int = Field(default=330, ge=1, le=86_400, alias="readTimeoutSeconds")
+    read_timeout_seconds: int = Field(default=330, ge=1, le=86_400, alias="readTimeoutSeconds",
+                                      description="Longest gap between two reads or writes on the proxied "
+                                                  "connection (ingress-nginx).")
     #: Longest whole request, streams included (HTTPRoute ``timeouts.request``; ingress-nginx has none).
-    request_timeout_seconds: int = Field(default=3600, ge=1, le=86_400, alias="requestTimeoutSeconds")
+    request_timeout_seconds: int = Field(default=3600, ge=1, le=86_400, alias="requestTimeoutSeconds",
+                                         description="Longest whole request, streams included (HTTPRoute).")
     #: More annotations on the planned object (e.g. cert-manager's); planned ones win on a clash.
-    annotations: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict,
+                                        description="More annotations on the planned object; planned ones win.")
 
     @model_validator(mode="after")
     def _fields_match_the_kind(self) -> "ApiIngress":
@@ -117,8 +128,8 @@ class ApiComputeResources(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cpu: Optional[str] = None
-    memory: Optional[str] = None
+    cpu: Optional[str] = Field(default=None, description="A CPU quantity, e.g. 500m or 2.")
+    memory: Optional[str] = Field(default=None, description="A memory quantity, e.g. 512Mi.")
 
     @field_validator("cpu", "memory", mode="before")
     @classmethod
@@ -138,8 +149,10 @@ class ApiResources(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    requests: ApiComputeResources = Field(default_factory=ApiComputeResources)
-    limits: ApiComputeResources = Field(default_factory=ApiComputeResources)
+    requests: ApiComputeResources = Field(default_factory=ApiComputeResources,
+                                          description="What the API container requests.")
+    limits: ApiComputeResources = Field(default_factory=ApiComputeResources,
+                                        description="The most the API container may use.")
 
 
 class ApiSettings(BaseModel):
@@ -150,10 +163,13 @@ class ApiSettings(BaseModel):
     image: str = Field(default="ghcr.io/sgp-infra/api:0.1.0", description="The API service's image.")
     replicas: int = Field(default=2, ge=1, description="Replicas of the API Deployment.")
     #: uvicorn worker processes per pod (``serve --workers``); /metrics sums them.
-    workers: int = Field(default=1, ge=1, le=64)
-    resources: ApiResources = Field(default_factory=ApiResources)
-    limits: ApiLimits = Field(default_factory=ApiLimits)
-    ingress: Optional[ApiIngress] = None
+    workers: int = Field(default=1, ge=1, le=64,
+                         description="uvicorn worker processes per API pod (serve --workers); /metrics sums them.")
+    resources: ApiResources = Field(default_factory=ApiResources,
+                                    description="CPU and memory of the API container (default: scaled by workers).")
+    limits: ApiLimits = Field(default_factory=ApiLimits, description="Client-facing limits (docs/api.md).")
+    ingress: Optional[ApiIngress] = Field(default=None,
+                                          description="An optional HTTPRoute or Ingress in front of the API.")
 
 
 class StackSettings(BaseModel):
