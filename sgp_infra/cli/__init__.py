@@ -11,9 +11,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import demo, demo_model, diff, render, serve, stacks, validate
+from . import demo, demo_model, diff, forwarder, render, serve, stacks, validate
 
-COMMANDS = [demo, validate, render, diff, serve, stacks, demo_model]
+COMMANDS = [demo, validate, render, diff, serve, forwarder, stacks, demo_model]
 
 EPILOG = """\
 The catalogue lives in stacks/Pulumi.<stack>.yaml under the sgp-infra: keys
