@@ -19,6 +19,7 @@ import sys
 from typing import Optional
 
 from ..catalog import Catalog
+from ..tasks.local import add_local_async_args, start_local_async
 from .common import EXIT_USAGE, add_source_args, try_load
 
 HELP = "run the SGP v4/v5 API service on a stack's catalogue (default http://127.0.0.1:8080)"
@@ -63,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", dest="backends", metavar="MODEL=URL", action="append", type=backend_arg,
                         default=[], help="send MODEL's inference to URL instead of its in-cluster Service "
                                          "(repeatable), e.g. --backend echo=http://127.0.0.1:5005")
+    add_local_async_args(parser)  # ASYNC models: --nats, --nats-store, --no-forwarders (docs/async.md)
     parser.set_defaults(run=run)
 
 
@@ -171,12 +173,19 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     backends: dict[str, str] = dict(args.backends)
     status = build_status(args.status, catalog, args.namespace, backends)
-    app = create_app(catalog, api_keys=keys, status_source=status, stack=args.stack, backends=backends)
+    try:
+        local_async = start_local_async(catalog, args, backends)  # a nats-server and forwarders, for ASYNC models
+    except RuntimeError as exc:  # no nats-server binary, or it would not start
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    app = create_app(catalog, api_keys=keys, status_source=status, stack=args.stack, backends=backends,
+                     nats_url=local_async.url)
     configure_json_logging(access_log=args.access_log)
     try:
         sock = listening_socket(args.host, args.port, reuse_port=args.reuse_port)
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        local_async.stop()
         return EXIT_USAGE
     print(f"serving {catalog.summary()} on http://{args.host}:{sock.getsockname()[1]}", file=sys.stderr)
     tune_gc()
@@ -186,4 +195,5 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         flush_access_lines()
+        local_async.stop()
     return 0

@@ -44,9 +44,14 @@ PID_FILE = f"{PID_DIR}/nats.pid"
 NATS_RUN_AS = 1000
 #: JetStream keeps this share of the volume for itself; the rest is headroom for compaction.
 STORE_SHARE = 0.9
-#: Seconds beyond the task time limit before JetStream redelivers an unacknowledged task:
+#: Most seconds beyond the task time limit before JetStream redelivers an unacknowledged task:
 #: the forwarder's own call times out first, so a redelivery means the worker died.
 ACK_WAIT_MARGIN_SECONDS = 30
+
+
+def ack_wait_seconds(task_timeout_seconds: int) -> int:
+    """The task time limit plus a margin for recording the result (half the limit, 2 to 30 s)."""
+    return task_timeout_seconds + min(ACK_WAIT_MARGIN_SECONDS, max(2, task_timeout_seconds // 2))
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ def model_queue(model: Model, namespace: str) -> ModelQueue:
         model=model.name, object_name=model.object_name, account_id=model.account_id,
         subject=f"{subject_prefix(namespace)}.{model.object_name}", consumer=model.object_name,
         max_ack_pending=max(1, model.per_worker * model.max_workers), per_worker=model.per_worker,
-        ack_wait_seconds=limits.task_timeout_seconds + ACK_WAIT_MARGIN_SECONDS,
+        ack_wait_seconds=ack_wait_seconds(limits.task_timeout_seconds),
         max_deliver=limits.max_deliveries + 1, max_deliveries=limits.max_deliveries,
         task_timeout_seconds=limits.task_timeout_seconds, result_ttl_seconds=limits.result_ttl_seconds,
     )

@@ -12,6 +12,7 @@ Processes started here are stopped by :meth:`LocalNats.stop` and
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from ..catalog import Catalog
 
@@ -155,3 +156,58 @@ def source_args_of(stack: Optional[str], config_file: Optional[str]) -> list[str
     if config_file:
         return ["--config-file", str(Path(config_file).resolve())]
     return ["--stack", stack] if stack else []
+
+
+@dataclass
+class LocalAsync:
+    """What ``serve``/``demo`` started for ASYNC models: a nats-server and forwarder processes."""
+
+    url: Optional[str] = None
+    nats: Optional[LocalNats] = None
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Forwarders first (they drain into the still-running broker), then the broker."""
+        stop_processes(self.processes)
+        self.processes = []
+        if self.nats is not None:
+            self.nats.stop()
+            self.nats = None
+
+
+def add_local_async_args(parser: Any) -> None:
+    """``--nats URL``, ``--nats-store DIR`` and ``--no-forwarders``, shared by ``serve`` and ``demo``."""
+    parser.add_argument("--nats", metavar="URL", default=None,
+                        help="NATS (JetStream) for ASYNC models; default: start a local nats-server")
+    parser.add_argument("--nats-store", metavar="DIR", default=None,
+                        help="keep the local nats-server's JetStream store in DIR (default: a temporary directory)")
+    parser.add_argument("--forwarders", action=argparse.BooleanOptionalAction, default=True,
+                        help="start a forwarder for each ASYNC model given a --backend (default on)")
+
+
+def start_local_async(catalog: Catalog, args: Any, backends: Mapping[str, str], log: Any = None) -> LocalAsync:
+    """Start what the catalogue's ASYNC models need locally; nothing when it has none.
+
+    ``args``: the parsed ``serve``/``demo`` arguments (``nats``, ``nats_store``,
+    ``forwarders``, ``stack``, ``config_file``).  ``log`` prints one line per
+    thing started (default: stderr).
+    """
+    say = log or (lambda text: print(text, file=sys.stderr))
+    if not any(m.is_async for m in catalog.models.values()):
+        return LocalAsync()
+    local = LocalAsync(url=getattr(args, "nats", None))
+    try:
+        if local.url is None:
+            store = getattr(args, "nats_store", None)
+            local.nats = LocalNats(store_dir=Path(store) if store else None).start()
+            local.url = local.nats.url
+            say(f"started nats-server (JetStream) on {local.url}, store {local.nats.store_dir}")
+        targets = async_models_with_backends(catalog, backends)
+        if getattr(args, "forwarders", True) and targets:
+            source = source_args_of(getattr(args, "stack", None), getattr(args, "config_file", None))
+            local.processes = start_forwarders(source, targets, local.url)
+            say(f"started forwarder(s) for ASYNC model(s) {', '.join(sorted(targets))}")
+    except BaseException:
+        local.stop()
+        raise
+    return local

@@ -78,10 +78,13 @@ class TaskService:
         self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
         self._results_sub: Any = None
         self._depth_task: Optional[asyncio.Task[None]] = None
+        #: The event loop the service runs on (set by :meth:`start`).
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
 
     # -- life --------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         await self.broker.start()
         if self.depth is not None and self.layout.queues:
             self._depth_task = asyncio.create_task(self._refresh_depth())
