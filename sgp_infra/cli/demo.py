@@ -174,6 +174,11 @@ def exercise(catalog: Catalog, v4: Any, v5: Any) -> None:
 
 
 def call(model: Model, v4: Any, v5: Any) -> str:
+    if model.is_async:  # queued: submit a task, poll it (serve runs a local nats-server and a forwarder)
+        from ..api.auth import DEV_API_KEY
+        from ..tasks.demo import submit_and_poll
+
+        return submit_and_poll(str(v4.base_url), DEV_API_KEY, model)
     kind = model.model_type.upper()
     if model.api_version == "v4" and kind == "COMPLETION":
         out = v4.models.completions.create(model.name, prompt="hello from sgp-infra")

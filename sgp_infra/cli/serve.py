@@ -189,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(f"serving {catalog.summary()} on http://{args.host}:{sock.getsockname()[1]}", file=sys.stderr)
     tune_gc()
+    local_async.stop_on_sigterm()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
                             log_level=args.log_level, http=http_protocol(app, express=args.express))
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -166,6 +167,16 @@ class LocalAsync:
     nats: Optional[LocalNats] = None
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    def stop_on_sigterm(self) -> None:
+        """Make SIGTERM raise ``SystemExit`` so the caller's ``finally`` stops what was started here.
+
+        uvicorn captures SIGTERM while serving and re-raises it afterwards with
+        the handler found before it started: by default that ends the process
+        at once, leaving the nats-server and forwarders behind.
+        """
+        if self.nats is not None or self.processes:
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
     def stop(self) -> None:
         """Forwarders first (they drain into the still-running broker), then the broker."""
         stop_processes(self.processes)
@@ -173,6 +184,10 @@ class LocalAsync:
         if self.nats is not None:
             self.nats.stop()
             self.nats = None
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def add_local_async_args(parser: Any) -> None:
