@@ -206,3 +206,19 @@ def test_any_valid_catalogue_renders_schema_valid_manifests(raw: dict[str, Any])
     assert len(names) == len(set(names))
     for manifest in plan.manifests:
         validate(manifest)
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_async_stack_is_schema_valid(replicas: int) -> None:
+    """An ASYNC model: its nats-jetstream ScaledObject (KEDA CRD), the forwarder sidecar and the NATS StatefulSet."""
+    raw = {"accountId": "a", "async": {"replicas": replicas, "storageClassName": "gp3"},
+           "models": {"q": _v5({"min_workers": 0, "max_workers": 3, "endpoint_type": "async"})}}
+    manifests = plan_catalog(build_catalog(raw)).manifests
+    kinds = {m["kind"] for m in manifests}
+    assert {"StatefulSet", "ScaledObject", "ConfigMap"} <= kinds
+    assert ("PodDisruptionBudget" in {m["kind"] for m in manifests if m["metadata"]["name"] == "sgp-infra-nats"}) \
+        == (replicas > 1)
+    scaled = next(m for m in manifests if m["kind"] == "ScaledObject")
+    assert scaled["spec"]["triggers"][0]["type"] == "nats-jetstream"
+    for manifest in manifests:
+        validate(manifest)
