@@ -47,6 +47,10 @@ log = logging.getLogger("sgp_infra.forwarder")
 
 #: Seconds one pull waits for tasks before checking whether to stop.
 FETCH_WAIT_SECONDS = 1.0
+#: Seconds a pull for several tasks waits when the queue had a backlog at the last pull.
+BACKLOG_WAIT_SECONDS = 0.01
+#: Seconds a healthy model is trusted before its health route is asked again.
+HEALTH_RECHECK_SECONDS = 5.0
 #: Back-off before a failed attempt is redelivered: this times the delivery count, capped.
 RETRY_DELAY_SECONDS = 0.5
 MAX_RETRY_DELAY_SECONDS = 30.0
@@ -74,6 +78,8 @@ class Forwarder:
         self._inflight: dict[asyncio.Task[None], Any] = {}
         self._loop_task: Optional[asyncio.Task[None]] = None
         self.psub: Any = None
+        self._healthy_until = 0.0
+        self._backlog = False
 
     # -- readiness -------------------------------------------------------------------------------------
 
@@ -106,22 +112,31 @@ class Forwarder:
                     log.warning("cannot bind to consumer %s: %s", self.queue.consumer, exc)
                     await self._pause(1.0)
                     continue
-            # The model must answer before tasks are taken from the queue for it.
-            if not await self.model_healthy():
-                await self._pause(0.5)
-                continue
-            free = self.queue.per_worker - len(self._inflight)
-            if free <= 0:
+            # The model must answer before tasks are taken from the queue for it (checked again
+            # every few seconds, not per task).
+            if time.monotonic() >= self._healthy_until:
+                if not await self.model_healthy():
+                    await self._pause(0.5)
+                    continue
+                self._healthy_until = time.monotonic() + HEALTH_RECHECK_SECONDS
+            if len(self._inflight) >= self.queue.per_worker:
                 await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
                 continue
+            free = self.queue.per_worker - len(self._inflight)
+            # With a backlog, one pull takes every free slot's task at once (JetStream answers at once with
+            # what is waiting).  Otherwise pull one task and wait for it: a waiting pull for several tasks
+            # holds the first one back until the others arrive or the pull expires.
+            batch, wait = (free, BACKLOG_WAIT_SECONDS) if self._backlog and free > 1 else (1, FETCH_WAIT_SECONDS)
             try:
-                msgs = await self.psub.fetch(batch=free, timeout=FETCH_WAIT_SECONDS)
+                msgs = await self.psub.fetch(batch=batch, timeout=wait)
             except (NatsTimeoutError, asyncio.TimeoutError):
+                self._backlog = False
                 continue
             except NatsError as exc:
                 log.debug("fetch failed: %s", exc)
                 await self._pause(0.2)
                 continue
+            self._backlog = True
             for msg in msgs:
                 task = asyncio.create_task(self._handle(msg))
                 self._inflight[task] = msg
