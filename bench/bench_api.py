@@ -42,7 +42,7 @@ def build_app():  # type: ignore[no-untyped-def]
 
     from sgp_infra.api import create_app
 
-    catalog = make_catalog(extra_acme=998, extra_other=0)  # + the dev stack's 2 = 1,000 models
+    catalog = make_catalog(extra_acme=997, extra_other=0)  # + the dev stack's 3 = 1,000 models
     app = create_app(catalog, api_keys={KEY: frozenset({"dev-account"})}, include_inference=False)
     from fastapi.testclient import TestClient
 

@@ -70,6 +70,11 @@ def _high_priority(args: StackValidationArgs, report_violation: ReportViolation)
         report_violation(problem, None)
 
 
+def _async_task_limit(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    for problem in checks.check_async_task_limit(_manifests(args)):
+        report_violation(problem, None)
+
+
 NAME = "sgp-infra"
 DESCRIPTION = "Guardrails for an SGP model catalogue deployed by sgp-infra"
 
@@ -103,5 +108,11 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
         config_schema=PolicyConfigSchema(properties={
             "highPriorityClasses": {"type": "array", "items": {"type": "string"}},
         }),
+    ),
+    StackValidationPolicy(
+        name="async-scale-to-zero-has-a-task-limit",
+        description="ASYNC models that can scale to zero set async_tasks.task_timeout_seconds.",
+        validate=_async_task_limit,
+        enforcement_level=EnforcementLevel.ADVISORY,
     ),
 ]

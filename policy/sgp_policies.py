@@ -17,7 +17,11 @@ Mandatory (a violation blocks ``pulumi up``):
 Advisory (reported, not blocking):
 
 * GPUs per type at max scale stay within a per-stack quota;
-* high-priority models keep at least one worker (no scale to zero).
+* high-priority models keep at least one worker (no scale to zero);
+* an ASYNC model that can scale to zero sets its task time limit
+  (``async_tasks.task_timeout_seconds``, on the model or its template): its
+  tasks wait for a cold start, and the limit is what bounds how long a worker
+  may hold one.
 
 This module imports nothing outside the standard library, so the pack runs
 wherever ``pulumi-policy`` does.  When ``sgp_infra`` is importable, its GPU
@@ -319,6 +323,52 @@ def check_high_priority_min_workers(manifests: Sequence[Mapping[str, Any]],
         if lo < 1:
             out.append(f"{describe(m)}: high priority (priorityClassName {pod.get('priorityClassName')}) but can "
                        "scale to zero (min_workers 0); keep min_workers >= 1")
+    return out
+
+
+def _catalog_document(manifests: Sequence[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
+    """The ``config`` of the catalogue the stack publishes (ConfigMap ``sgp-infra-catalog``), if readable."""
+    for m in manifests:
+        if m.get("kind") == "ConfigMap" and (m.get("metadata") or {}).get("name") == CATALOG_CONFIGMAP:
+            text = (m.get("data") or {}).get(CATALOG_KEY)
+            try:
+                doc = json.loads(text) if isinstance(text, str) else None
+            except ValueError:
+                return None
+            config = doc.get("config") if isinstance(doc, dict) else None
+            return config if isinstance(config, dict) else None
+    return None
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def check_async_task_limit(manifests: Sequence[Mapping[str, Any]]) -> list[str]:
+    """ASYNC models with ``min_workers: 0`` set ``async_tasks.task_timeout_seconds`` (model or template)."""
+    config = _catalog_document(manifests)
+    if config is None:
+        return []
+    templates = _map(config.get("sgp-infra:templates"))
+    out = []
+    for name, model in sorted(_map(config.get("sgp-infra:models")).items()):
+        model = _map(model)
+        own_limit = _map(model.get("async_tasks")).get("task_timeout_seconds")
+        infra = _map(_map(model.get("vendor_configuration")).get("model_infra"))
+        if infra or "vendor_configuration" in model:  # v5
+            is_async = str(infra.get("endpoint_type", "sync")).upper() == "ASYNC"
+            min_workers, limit = infra.get("min_workers", 0), own_limit
+        else:  # v4: the template decides the endpoint type and defaults
+            ref = model.get("model_template_id")
+            template = _map(templates.get(ref)) or next(
+                (_map(t) for t in templates.values() if _map(t).get("id") == ref), {})
+            endpoint = _map(_map(template.get("vendor_configuration")).get("endpoint_config"))
+            is_async = str(template.get("endpoint_type", "")).upper() == "ASYNC"
+            min_workers = model.get("min_workers", endpoint.get("min_workers", 0))
+            limit = own_limit or _map(template.get("async_tasks")).get("task_timeout_seconds")
+        if is_async and _int(min_workers) == 0 and not limit:
+            out.append(f"model '{name}' is ASYNC and can scale to zero but sets no task time limit; set "
+                       f"sgp-infra:models.{name}.async_tasks.task_timeout_seconds (or on its template)")
     return out
 
 

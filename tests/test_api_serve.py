@@ -45,7 +45,7 @@ def test_serve_dev_stack_with_the_dev_key() -> None:
         wait_ready(proc, port)
         client = scale_gp_beta.SGPClient(api_key="sgp-infra-dev-key", account_id="dev-account",
                                          base_url=f"http://127.0.0.1:{port}", max_retries=0)
-        assert sorted(m.name for m in client.models.list()) == ["echo", "t4-embedder"]
+        assert sorted(m.name for m in client.models.list()) == ["echo", "t4-embedder", "transcriber"]
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=10)

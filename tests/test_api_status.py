@@ -141,7 +141,7 @@ def test_list_pages_follow_status_changes() -> None:
             self.now = ModelStatus("deploying", "starting")
 
         async def refresh(self) -> dict[str, ModelStatus]:
-            return {"echo": self.now, "t4-embedder": self.now}
+            return {"echo": self.now, "t4-embedder": self.now, "transcriber": self.now}
 
     source = Flip()
     app = create_app(make_catalog(0, 0), api_keys=API_KEYS, status_source=source)

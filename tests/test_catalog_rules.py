@@ -332,17 +332,26 @@ def test_endpoint_config_endpoint_type_must_agree_with_the_template() -> None:
     build_catalog(raw)
 
 
-@pytest.mark.parametrize("kind", ["ASYNC", "BATCH"])
-def test_async_and_batch_are_not_deployable_yet(kind: str) -> None:
+def test_batch_is_not_deployable() -> None:
     raw = raw_catalog()
-    raw["templates"]["tpl"]["endpoint_type"] = kind
-    assert "not deployable" in errors_of(raw)["sgp-infra:templates.tpl.endpoint_type"]
+    raw["templates"]["tpl"]["endpoint_type"] = "BATCH"
+    message = errors_of(raw)["sgp-infra:templates.tpl.endpoint_type"]
+    assert "BATCH endpoints" in message and "not deployable" in message
 
 
-def test_v5_async_not_deployable() -> None:
+def test_async_template_and_v5_model_are_deployable() -> None:
     raw = raw_catalog()
+    raw["templates"]["tpl"]["endpoint_type"] = "ASYNC"
     raw["models"]["m5"] = v5_model(endpoint_type="async")
-    assert "not deployable" in errors_of(raw)["sgp-infra:models.m5.vendor_configuration.model_infra.endpoint_type"]
+    catalog = build_catalog(raw)
+    assert catalog.models["m4"].is_async and catalog.models["m5"].is_async
+
+
+def test_async_model_with_no_workers_is_an_error() -> None:
+    raw = raw_catalog()
+    raw["models"]["m5"] = v5_model(endpoint_type="async", min_workers=0, max_workers=0)
+    message = errors_of(raw)["sgp-infra:models.m5.vendor_configuration.model_infra.max_workers"]
+    assert "ASYNC model needs at least one worker" in message
 
 
 def test_streaming_template() -> None:

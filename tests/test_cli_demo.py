@@ -25,10 +25,13 @@ def test_demo_runs_the_whole_flow_on_the_dev_stack(tmp_path: Path) -> None:
     out = proc.stdout
     assert "catalogue valid" in out
     assert any(p.name.endswith("deployment-echo.yaml") for p in tmp_path.iterdir())
-    assert "v4 GET /v4/models: ['echo', 't4-embedder']" in out
+    assert "v4 GET /v4/models: ['echo', 't4-embedder', 'transcriber']" in out
     # the echo went through the API to a real model server and back
     assert "echo: v4 completions -> [['hello from sgp-infra', ['echo: hello from sgp-infra']]]" in out
     assert "t4-embedder: v5 inference ->" in out and "hello from sgp-infra" in out.split("t4-embedder: v5")[1]
+    # the ASYNC model: a task queued on the local nats-server, run by its forwarder, polled to SUCCESS
+    line = next(l for l in out.splitlines() if l.startswith("transcriber: POST"))
+    assert "POST /v1/async-tasks -> task" in line and "SUCCESS" in line and "hello from sgp-infra" in line
 
 
 def test_demo_invalid_catalogue_exits_1_and_starts_nothing(tmp_path: Path) -> None:

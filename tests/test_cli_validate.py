@@ -25,7 +25,7 @@ def test_valid_stack_prints_one_summary_line() -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1
-    assert "1 template, 2 models (1 v4, 1 v5), 1 group" in lines[0]
+    assert "1 template, 3 models (1 v4, 2 v5), 1 group" in lines[0]
     assert "nvidia-tesla-t4 0/1" in lines[0]
 
 

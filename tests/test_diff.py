@@ -360,3 +360,27 @@ def test_cli_invalid_current_with_non_string_group_member_is_reported_not_raised
     assert "sgp-infra:modelGroups.g.models[0]" in captured.out
     assert "model 'm4' is removed by this change but group 'g' still lists it" in captured.out
     assert "Traceback" not in captured.err
+
+
+def test_async_models_and_broker_changes() -> None:
+    """A first ASYNC model plans the in-cluster NATS; its limits and the broker settings show in the diff."""
+    import copy
+
+    base_raw = raw_catalog()
+    after_raw = copy.deepcopy(base_raw)
+    after_raw["models"]["q"] = v5_model(endpoint_type="async")
+    after_raw["models"]["q"]["async_tasks"] = {"task_timeout_seconds": 900}
+    diff = diff_catalogs(build_catalog(copy.deepcopy(base_raw)), build_catalog(copy.deepcopy(after_raw)))
+    added = next(d for d in diff.models if d.name == "q")
+    assert added.status == "added" and "ASYNC (tasks up to 900 s" in (added.facts or "")
+    assert [w.code for w in diff.warnings if w.code.startswith("broker")] == ["broker-added"]
+    later = copy.deepcopy(after_raw)
+    later["models"]["q"]["async_tasks"]["max_deliveries"] = 5
+    later["async"] = {"replicas": 3}
+    diff = diff_catalogs(build_catalog(copy.deepcopy(after_raw)), build_catalog(later))
+    changed = next(d for d in diff.models if d.name == "q")
+    assert any(c.field == "async_tasks.max_deliveries" and c.after == 5 for c in changed.resolved)
+    assert any(w.code == "settings-async" for w in diff.warnings)
+    assert "sgp-infra:async.replicas" in to_markdown(diff, "stacks/Pulumi.x.yaml", "main")
+    gone = diff_catalogs(build_catalog(copy.deepcopy(after_raw)), build_catalog(copy.deepcopy(base_raw)))
+    assert any(w.code == "broker-removed" for w in gone.warnings)

@@ -3,8 +3,7 @@
 Core kinds validate with ``kubernetes-validate`` in strict mode (unknown
 fields are errors) against the oldest and the newest Kubernetes versions the
 installed package ships schemas for; ScaledObjects validate against KEDA's own
-CRD schema from ``../shared/schemas/keda/`` (beside the repository, locally
-and in CI), made strict the same way.  A property test extends this from the
+CRD schema vendored in ``tests/schemas/keda/`` (see its SOURCE.md), made strict the same way.  A property test extends this from the
 example stacks to any valid generated catalogue.
 """
 
@@ -26,7 +25,7 @@ from sgp_infra.catalog import CatalogInvalid, build_catalog
 from sgp_infra.catalog.entities import GPU_TYPES, MIG_GPU_TYPES
 from sgp_infra.plan import plan_catalog
 
-KEDA_SCHEMAS = ROOT.parent / "shared" / "schemas" / "keda"
+KEDA_SCHEMAS = ROOT / "tests" / "schemas" / "keda"
 
 
 def _versions() -> tuple[str, str]:
@@ -56,7 +55,7 @@ def _strict(schema: Any) -> Any:
 def keda_validator(version: str = "v1alpha1") -> jsonschema.protocols.Validator:
     path = KEDA_SCHEMAS / "keda.sh_scaledobjects.yaml"
     if not path.is_file():
-        pytest.fail(f"KEDA CRD schema not found at {path}: the shared/ directory must sit beside the repository")
+        pytest.fail(f"KEDA CRD schema not found at {path}")
     crd = yaml.safe_load(path.read_text())
     [entry] = [v for v in crd["spec"]["versions"] if v["name"] == version]
     schema = _strict(entry["schema"]["openAPIV3Schema"])
@@ -206,4 +205,20 @@ def test_any_valid_catalogue_renders_schema_valid_manifests(raw: dict[str, Any])
     names = [(m["kind"], m["metadata"]["name"]) for m in plan.manifests]
     assert len(names) == len(set(names))
     for manifest in plan.manifests:
+        validate(manifest)
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_async_stack_is_schema_valid(replicas: int) -> None:
+    """An ASYNC model: its nats-jetstream ScaledObject (KEDA CRD), the forwarder sidecar and the NATS StatefulSet."""
+    raw = {"accountId": "a", "async": {"replicas": replicas, "storageClassName": "gp3"},
+           "models": {"q": _v5({"min_workers": 0, "max_workers": 3, "endpoint_type": "async"})}}
+    manifests = plan_catalog(build_catalog(raw)).manifests
+    kinds = {m["kind"] for m in manifests}
+    assert {"StatefulSet", "ScaledObject", "ConfigMap"} <= kinds
+    assert ("PodDisruptionBudget" in {m["kind"] for m in manifests if m["metadata"]["name"] == "sgp-infra-nats"}) \
+        == (replicas > 1)
+    scaled = next(m for m in manifests if m["kind"] == "ScaledObject")
+    assert scaled["spec"]["triggers"][0]["type"] == "nats-jetstream"
+    for manifest in manifests:
         validate(manifest)

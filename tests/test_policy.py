@@ -270,7 +270,7 @@ def test_pack_policies_report_through_crossguard(prod: list[Manifest]) -> None:
     assert {n for n, p in policies.items() if p.enforcement_level == EnforcementLevel.MANDATORY} == {
         "resource-limits", "gpu-node-selector", "images-pinned", "api-restricted-pods"}
     assert {n for n, p in policies.items() if p.enforcement_level == EnforcementLevel.ADVISORY} == {
-        "gpu-quota", "high-priority-keeps-a-worker"}
+        "gpu-quota", "high-priority-keeps-a-worker", "async-scale-to-zero-has-a-task-limit"}
 
     dep = deployment(prod, "mistral-7b")
     container(dep)["image"] = "ghcr.io/acme/vllm-server:latest"
@@ -297,3 +297,23 @@ def test_pack_files_are_present() -> None:
     assert "runtime" in text and "python" in text
     assert "pulumi-policy" in (ROOT / "policy" / "requirements.txt").read_text()
     assert "PolicyPack(" in (ROOT / "policy" / "__main__.py").read_text()
+
+
+def test_async_model_at_zero_without_a_task_limit_is_reported() -> None:
+    raw = raw_from_stack_doc(read_stack_file(ROOT / "stacks" / "Pulumi.dev.yaml"))
+    assert checks.check_async_task_limit(manifests_of(build_catalog(copy.deepcopy(raw)))) == []
+    del raw["models"]["transcriber"]["async_tasks"]["task_timeout_seconds"]
+    (problem,) = checks.check_async_task_limit(manifests_of(build_catalog(copy.deepcopy(raw))))
+    assert "'transcriber'" in problem and "task_timeout_seconds" in problem
+    raw["models"]["transcriber"]["vendor_configuration"]["model_infra"]["min_workers"] = 1
+    assert checks.check_async_task_limit(manifests_of(build_catalog(copy.deepcopy(raw)))) == []
+    # v4: the template makes it ASYNC and may carry the limit for its models
+    raw = raw_from_stack_doc(read_stack_file(ROOT / "stacks" / "Pulumi.dev.yaml"))
+    tpl = raw["templates"]["echo-cpu"]
+    tpl["endpoint_type"] = "ASYNC"
+    tpl["vendor_configuration"]["endpoint_config"]["min_workers"] = 0
+    assert [p for p in checks.check_async_task_limit(manifests_of(build_catalog(copy.deepcopy(raw))))
+            if "'echo'" in p]
+    tpl["async_tasks"] = {"task_timeout_seconds": 60}
+    assert not [p for p in checks.check_async_task_limit(manifests_of(build_catalog(copy.deepcopy(raw))))
+                if "'echo'" in p]

@@ -21,6 +21,9 @@ Extension points (for inference routing, ``sgp_infra.api.inference``):
   caller's model by name, id or deployment id, else a 404 ``ApiError``.
 * ``errors.ApiError(status, detail, **extra)`` to raise, ``errors.api_error``
   to return; every error leaves the app in that one JSON shape.
+* ``app.state.tasks`` — the :class:`~sgp_infra.api.tasks.TaskService` of
+  ASYNC models (``None`` without any); ``api.tasks.enqueue_and_wait`` is the
+  hook an inference route calls for an ASYNC model.
 * If ``sgp_infra.api.inference`` exists, its ``router`` is included after
   the catalogue routes and its optional ``install(app)`` is called once.  Its
   optional ``FastPath`` ASGI middleware class is added innermost (inside
@@ -51,6 +54,7 @@ from .errors import install_error_handlers
 from .limits import install_limits
 from .metrics import Metrics, MetricsMiddleware
 from .status import StaticStatus, StatusSource
+from .tasks import install as install_tasks
 from .views import CatalogIndex
 
 DESCRIPTION = """\
@@ -118,7 +122,8 @@ def http_protocol(app: FastAPI, *, express: bool = True) -> Any:
 def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
                status_source: Optional[StatusSource] = None, stack: Optional[str] = None,
                backends: Optional[Mapping[str, str]] = None, include_inference: bool = True,
-               config_file: Optional[str] = None, limits: Optional[ApiLimits] = None) -> FastAPI:
+               config_file: Optional[str] = None, limits: Optional[ApiLimits] = None,
+               nats_url: Optional[str] = None) -> FastAPI:
     """The service for ``catalog``.
 
     ``api_keys`` maps each key to the accounts it may see (see ``auth``);
@@ -127,17 +132,23 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     the catalogue was read from; see ``writes.config_source``); ``backends`` overrides where
     inference for a model is sent (used by inference routing and probing);
     ``limits`` are the client-facing limits the app enforces (see ``limits``).
+    ``nats_url`` is the task broker of ASYNC models (default: the stack's,
+    see ``api.tasks``).
     """
     status = status_source or StaticStatus()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await status.start()
+        if app.state.tasks is not None:  # ASYNC models: connect to the task broker (in the background)
+            await app.state.tasks.start()
         app.state.started = True
         try:
             yield
         finally:
             app.state.started = False
+            if app.state.tasks is not None:
+                await app.state.tasks.stop()
             await status.stop()
 
     app = ServiceApp(title="sgp-infra catalogue API", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
@@ -178,6 +189,7 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     app.include_router(routes_v4.router)
     app.include_router(routes_v5.router)
     app.include_router(writes.router)
+    install_tasks(app, catalog, nats_url)
     if inference is not None:
         if hasattr(inference, "install"):
             inference.install(app)

@@ -48,9 +48,9 @@ from .naming import EntityKind, entity_id, image_ref_problems, object_name, obje
 from .params import check_parameters, inject, placeholders, render_value
 from .settings import CATALOG_KEYS, SECRET_KEYS, StackSettings
 
-#: Endpoint types sgp-infra can deploy today.  ASYNC and BATCH need a queue
-#: and a job runner, which are planned in a later issue.
-DEPLOYABLE_ENDPOINT_TYPES = frozenset({"SYNC", "STREAMING"})
+#: Endpoint types sgp-infra can deploy.  ASYNC runs on NATS JetStream
+#: (docs/async.md); BATCH needs a job runner, which sgp-infra does not plan.
+DEPLOYABLE_ENDPOINT_TYPES = frozenset({"SYNC", "STREAMING", "ASYNC"})
 
 
 def build_catalog(raw: Mapping[str, Any]) -> Catalog:
@@ -155,6 +155,7 @@ class _Builder:
             model = self._resolve_model(name, spec, model_refs[name], facts, memberships.get(name))
             if model is not None:
                 resolved[name] = model
+                self._check_async(model)
         self._unique_ids("models", model_refs)
         self._object_names(model_refs)
 
@@ -302,9 +303,20 @@ class _Builder:
                        f"is {min_workers}, above max_workers {max_workers}{where}")
 
     def _check_endpoint_type(self, path: tuple[str, ...], endpoint_type: str) -> None:
-        if endpoint_type.upper() not in DEPLOYABLE_ENDPOINT_TYPES:
-            self.error(config_path(*path), f"{endpoint_type} endpoints are not deployable by sgp-infra yet; "
-                                           "use SYNC or STREAMING")
+        if endpoint_type.upper() == "BATCH":
+            self.error(config_path(*path), "BATCH endpoints (batch jobs) are not deployable by sgp-infra; "
+                                           "use ASYNC for queued inference, or SYNC or STREAMING")
+        elif endpoint_type.upper() not in DEPLOYABLE_ENDPOINT_TYPES:
+            self.error(config_path(*path), f"{endpoint_type} endpoints are not deployable by sgp-infra; "
+                                           "use SYNC, STREAMING or ASYNC")
+
+    def _check_async(self, model: Model) -> None:
+        """ASYNC rules: a task queue nobody may ever pull from is a config error, not a silent backlog."""
+        if model.endpoint_type != "ASYNC" or model.max_workers > 0:
+            return
+        path = (config_path(*model.path_parts, "vendor_configuration", "model_infra", "max_workers")
+                if model.api_version == "v5" else config_path(*model.path_parts, "max_workers"))
+        self.error(path, "is 0, but an ASYNC model needs at least one worker to run its queued tasks")
 
     def _check_image(self, path: tuple[str, ...], registry: str, repository: str, tag: str,
                      repository_field: str) -> None:

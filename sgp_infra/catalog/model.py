@@ -134,8 +134,18 @@ class Model:
         return config_path("models", self.name)
 
     @property
+    def path_parts(self) -> tuple[str, str]:
+        """The model's config path as parts (``("models", name)``), to extend with a field."""
+        return ("models", self.name)
+
+    @property
     def streaming(self) -> bool:
         return self.endpoint_type == "STREAMING"
+
+    @property
+    def is_async(self) -> bool:
+        """An ASYNC endpoint: its calls are queued tasks on NATS JetStream (docs/async.md)."""
+        return self.endpoint_type == "ASYNC"
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,48 @@ class ApiSettings(BaseModel):
                                           description="An optional HTTPRoute or Ingress in front of the API.")
 
 
+#: The in-cluster NATS server's image (JetStream; 2.11+ for the KV buckets' per-message TTL support).
+DEFAULT_NATS_IMAGE = "nats:2.11.6-alpine"
+
+
+class AsyncSettings(BaseModel):
+    """``sgp-infra:async``: the NATS JetStream broker behind ASYNC endpoints (docs/async.md).
+
+    Either ``natsUrl`` names an existing NATS with JetStream (nothing is
+    planned for it), or an in-cluster NATS is planned when the catalogue has
+    ASYNC models: ``replicas`` servers (1 for dev; 3 in production, which also
+    makes the task stream and result bucket R3), each with a ``storage`` PVC.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    nats_url: Optional[str] = Field(default=None, alias="natsUrl")
+    #: host:port of an existing NATS's monitoring endpoint, where KEDA's nats-jetstream scaler reads lag.
+    monitoring_endpoint: Optional[str] = Field(default=None, alias="monitoringEndpoint")
+    #: The NATS account the stream lives in (KEDA asks the monitoring endpoint for it).
+    account: str = Field(default="$G", min_length=1)
+    replicas: Literal[1, 3, 5] = 1
+    storage: str = "10Gi"
+    storage_class_name: Optional[str] = Field(default=None, alias="storageClassName")
+    image: str = DEFAULT_NATS_IMAGE
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not value.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ValueError(f"{value!r} is not a NATS URL (nats://host:4222, tls://…)")
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_quantity(cls, value: str) -> str:
+        from .quantity import parse_quantity
+
+        if parse_quantity(value) <= 0:
+            raise ValueError(f"{value!r} must be a positive quantity such as 10Gi")
+        return value
+
+
 class StackSettings(BaseModel):
     """Everything in ``sgp-infra:*`` except the catalogue maps and secrets."""
 
@@ -197,6 +239,8 @@ class StackSettings(BaseModel):
     #: Where KEDA's prometheus trigger reads the API's in-flight metric.
     prometheus_url: str = Field(default="http://prometheus-operated.monitoring.svc:9090", alias="prometheusUrl",
                                 description="Where KEDA's prometheus trigger reads the API's in-flight metric.")
+    async_: AsyncSettings = Field(default_factory=AsyncSettings, alias="async",
+                                  description="The JetStream broker of ASYNC endpoints.")
 
     @field_validator("namespace")
     @classmethod

@@ -11,9 +11,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import demo, demo_model, diff, render, schema, serve, stacks, validate
+from . import demo, demo_model, diff, forwarder, render, schema, serve, stacks, validate
 
-COMMANDS = [demo, validate, render, diff, serve, stacks, demo_model, schema]
+COMMANDS = [demo, validate, render, diff, serve, forwarder, stacks, demo_model, schema]
 
 EPILOG = """\
 The catalogue lives in stacks/Pulumi.<stack>.yaml under the sgp-infra: keys

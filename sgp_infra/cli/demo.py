@@ -243,6 +243,11 @@ def call(model: Model, v4: Any, v5: Any) -> tuple[str, Any]:
     body in their own protocol and are called without streaming, because the
     official clients read those answers as one JSON document.
     """
+    if model.is_async:  # queued: submit a task, poll it (serve runs a local nats-server and a forwarder)
+        from ..api.auth import DEV_API_KEY
+        from ..tasks.demo import submit_and_poll
+
+        return "async task", submit_and_poll(str(v4.base_url), DEV_API_KEY, model)
     kind = model.model_type.upper()
     stream = model.streaming
     suffix = " (stream)" if stream else ""

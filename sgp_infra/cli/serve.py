@@ -19,6 +19,7 @@ import sys
 from typing import Any, Optional
 
 from ..catalog import Catalog
+from ..tasks.local import add_local_async_args, start_local_async
 from .common import EXIT_USAGE, add_source_args, config_file_of, try_load
 from .serving import dev_keys
 
@@ -69,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", dest="backends", metavar="MODEL=URL", action="append", type=backend_arg,
                         default=[], help="send MODEL's inference to URL instead of its in-cluster Service "
                                          "(repeatable), e.g. --backend echo=http://127.0.0.1:5005")
+    add_local_async_args(parser)  # ASYNC models: --nats, --nats-store, --no-forwarders (docs/async.md)
     parser.set_defaults(run=run)
 
 
@@ -192,18 +194,28 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a flag out of its range
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        local_async = start_local_async(catalog, args, dict(args.backends))  # nats-server and forwarders (ASYNC)
+    except RuntimeError as exc:  # no nats-server binary, or it would not start
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     stack, writes_file = write_target(args)
     options = ServeOptions(
         config_file=str(config_file_of(args).resolve()), stack=stack, writes_file=writes_file, host=args.host,
         status=args.status, namespace=args.namespace, backends=dict(args.backends), dev_key=keys == dev_keys(catalog),
         access_log=args.access_log, log_level=args.log_level,
-        workers=args.workers or catalog.settings.api.workers, limits=limits)
+        workers=args.workers or catalog.settings.api.workers, limits=limits, nats_url=local_async.url)
     configure_json_logging(access_log=args.access_log)
     try:
         sock = listening_socket(args.host, args.port, reuse_port=args.reuse_port)
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        local_async.stop()
         return EXIT_USAGE
     workers = f" with {options.workers} workers" if options.workers > 1 else ""
     print(f"serving {catalog.summary()} on http://{args.host}:{sock.getsockname()[1]}{workers}", file=sys.stderr)
-    return run_server(options, sock, catalog)
+    local_async.stop_on_sigterm()
+    try:
+        return run_server(options, sock, catalog)
+    finally:
+        local_async.stop()

@@ -59,6 +59,8 @@ class ServeOptions:
     log_level: str = "info"
     workers: int = 1
     limits: dict[str, Any] = field(default_factory=dict)
+    #: The task broker of ASYNC models (``serve`` may have started a local one).
+    nats_url: Optional[str] = None
 
     def api_limits(self) -> ApiLimits:
         return ApiLimits.model_validate(self.limits)
@@ -111,7 +113,7 @@ def build_app(options: ServeOptions, catalog: Optional[Catalog] = None) -> Any:
     status = build_status(options.status, catalog, options.namespace, dict(options.backends))
     return create_app(catalog, api_keys=keys, status_source=status, stack=options.stack,
                       config_file=options.writes_file, backends=dict(options.backends),
-                      limits=options.api_limits())
+                      limits=options.api_limits(), nats_url=options.nats_url)
 
 
 def app_from_env() -> Any:

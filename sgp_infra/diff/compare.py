@@ -26,7 +26,7 @@ Everything here is pure: no files, no git, no Pulumi.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Literal, Mapping, Optional
 
 from ..catalog import Catalog, CatalogInvalid, Model, config_path
@@ -49,7 +49,7 @@ SCALE_FIELDS = ("min_workers", "max_workers", "per_worker")
 #: Resolved fields read by the API service only (routing, catalogue reads).
 OTHER_FIELDS = (
     "api_version", "model_type", "model_vendor", "endpoint_protocol",
-    "predict_route", "streaming_predict_route", "group",
+    "predict_route", "streaming_predict_route", "group", "async_tasks",
 )
 
 #: Settings whose change touches every model, with what it does.
@@ -59,6 +59,8 @@ SETTINGS_EFFECTS: Mapping[str, str] = {
     "autoscaler": "every model's autoscaler object is replaced (pods keep running)",
     "createPriorityClasses": "high-priority models change priority class: they restart",
     "api": "the API service's pods restart",
+    "async": "the ASYNC task broker changes: the in-cluster NATS is updated (servers restart one at a time) "
+             "or replaced, and the API and forwarders reconnect",
 }
 
 
@@ -321,6 +323,8 @@ def _resolved_value(model: Model, name: str) -> Any:
     if name == "template":
         return model.template.name if model.template else None
     value = getattr(model, name)
+    if name == "async_tasks":  # compared only where it applies: the limits of an ASYNC model's tasks
+        return asdict(value) if model.is_async else None
     if isinstance(value, tuple):
         return list(value)
     if isinstance(value, Mapping):
@@ -332,8 +336,11 @@ def model_facts(model: Model) -> str:
     """One line: image, GPUs and worker bounds, for an added or removed model."""
     gpu = f"{model.gpus}× {model.gpu_type}" if model.gpus and model.gpu_type else "no GPU"
     origin = f"template {model.template.name}" if model.template else "v5"
+    limits = model.async_tasks
+    queued = (f", ASYNC (tasks up to {limits.task_timeout_seconds} s, {limits.max_deliveries} deliveries, "
+              f"results kept {limits.result_ttl_seconds} s)") if model.is_async else ""
     return (f"{origin}, {model.image}, {gpu}, workers {model.min_workers}..{model.max_workers}"
-            + (", high priority" if model.high_priority else ""))
+            + (", high priority" if model.high_priority else "") + queued)
 
 
 # -- GPUs ---------------------------------------------------------------------
@@ -371,6 +378,7 @@ def _warnings(base: Optional[Catalog], current: Catalog, models: tuple[EntityDif
         if d.status == "removed" and old is not None and old.group:
             out.append(Warning("removed-model-in-group",
                                f"model '{d.name}' is removed; group '{old.group}' loses it"))
+    out += _broker_warnings(base, current)
     for t in templates:
         if t.rolls:
             n = len(t.rolls)
@@ -387,6 +395,24 @@ def _warnings(base: Optional[Catalog], current: Catalog, models: tuple[EntityDif
                                f"{row.gpu_type}: {row.max_after} GPUs at max scale exceed the stack's "
                                f"quota of {row.quota} (sgp-infra:gpuQuota)"))
     return tuple(out)
+
+
+def _broker_warnings(base: Optional[Catalog], current: Catalog) -> list[Warning]:
+    """The in-cluster NATS of ASYNC models appearing or going away (plan/nats.py decides when it is planned)."""
+    from ..plan.nats import plans_in_cluster_nats
+
+    before = plans_in_cluster_nats(base) if base else False
+    after = plans_in_cluster_nats(current)
+    if after and not before:
+        a = current.settings.async_
+        return [Warning("broker-added",
+                        f"an in-cluster NATS (JetStream) is planned for the ASYNC models: {a.replicas} server(s), "
+                        f"a {a.storage} volume each")]
+    if before and not after:
+        return [Warning("broker-removed",
+                        "the in-cluster NATS is no longer planned: tasks still queued and results kept on its "
+                        "volumes are no longer served (the volumes stay until deleted)")]
+    return []
 
 
 def dangling_group_members(base: Optional[Catalog], current_raw: Mapping[str, Any]) -> list[Warning]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..catalog import Catalog, CatalogInvalid, ConfigError, Model, StackSettings, config_path
-from . import autoscaling, disruption
+from . import autoscaling, disruption, nats
 from .constants import IN_FLIGHT_METRIC, MODEL_PORT, SERVICE_PORT
 from .deployment import deployment, rollout_timeout_seconds
 from .gpu import GpuProfile, Placement, place, resolve_profile
@@ -49,7 +49,7 @@ class Plan:
     """The whole stack: every manifest in apply order, and each model's part."""
 
     namespace: str
-    #: Namespace, PriorityClasses, NetworkPolicy.
+    #: Namespace, PriorityClasses, NetworkPolicy, and the in-cluster NATS when planned.
     shared: list[dict[str, Any]]
     models: dict[str, ModelPlan] = field(default_factory=dict)
 
@@ -105,9 +105,12 @@ def plan_catalog(catalog: Catalog) -> Plan:
                 errors.extend(planned)
             else:
                 models[name] = planned
+    errors.extend(nats.check(catalog))
     if errors:
         raise CatalogInvalid(errors)
-    return Plan(namespace=settings.namespace, shared=stack_objects(catalog), models=models)
+    # The in-cluster NATS (when ASYNC models need one) is stack-wide: registered and rendered with the
+    # namespace's other shared objects.
+    return Plan(namespace=settings.namespace, shared=stack_objects(catalog) + nats.plan_nats(catalog), models=models)
 
 
 __all__ = [

@@ -5,7 +5,8 @@ API exports per replica as ``sgp_infra_model_requests_in_flight{model=...}``;
 the trigger sums it across replicas (scoped to the stack's namespace, a label
 Prometheus adds from the scrape target, so stacks sharing one Prometheus never
 read each other's load), and ``per_worker`` is the target per
-model replica.  KEDA can scale to zero (it activates on the first request in
+model replica.  ASYNC models scale on their task queue instead (KEDA's
+``nats-jetstream`` trigger on the model's consumer, see ``plan/nats.py``).  KEDA can scale to zero (it activates on the first request in
 flight); a plain HPA cannot go below one replica.
 """
 
@@ -41,7 +42,12 @@ def min_workers_path(model: Model) -> str:
 
 
 def check(model: Model, settings: StackSettings) -> Optional[ConfigError]:
-    """HPA cannot scale to zero: ``min_workers: 0`` is an error under it."""
+    """HPA cannot scale to zero: ``min_workers: 0`` is an error under it; nor can it read a JetStream queue."""
+    if settings.autoscaler == "hpa" and model.is_async and owns_replicas(model):
+        return ConfigError(
+            endpoint_type_path(model),
+            "is ASYNC, which scales on its task queue with KEDA's nats-jetstream scaler, but "
+            "sgp-infra:autoscaler is hpa; use the default autoscaler keda, or set min_workers equal to max_workers")
     if settings.autoscaler == "hpa" and model.min_workers == 0 and owns_replicas(model):
         where = ""
         if model.api_version == "v4" and model.spec.min_workers is None and model.template is not None:
@@ -52,6 +58,47 @@ def check(model: Model, settings: StackSettings) -> Optional[ConfigError]:
             "set min_workers to 1 or more, or use the default autoscaler keda",
         )
     return None
+
+
+def endpoint_type_path(model: Model) -> str:
+    if model.api_version == "v5":
+        return config_path("models", model.name, "vendor_configuration", "model_infra", "endpoint_type")
+    if model.template is not None:
+        return config_path("templates", model.template.name, "endpoint_type")
+    return config_path("models", model.name)
+
+
+def jetstream_trigger(model: Model, settings: StackSettings) -> dict[str, Any]:
+    """KEDA's nats-jetstream trigger on the model's consumer: ``per_worker`` waiting tasks per replica,
+    and active from the first waiting task, so a model at zero wakes from its own queue."""
+    from . import nats
+
+    queue = nats.model_queue(model, settings.namespace)
+    return {
+        "type": "nats-jetstream",
+        "metadata": {
+            "natsServerMonitoringEndpoint": nats.monitoring_endpoint(settings) or "",
+            "account": settings.async_.account,
+            "stream": nats.stream_name(settings.namespace),
+            "consumer": queue.consumer,
+            "lagThreshold": str(model.per_worker),
+            "activationLagThreshold": "0",
+            "useHttps": "false",
+        },
+    }
+
+
+def prometheus_trigger(model: Model, settings: StackSettings) -> dict[str, Any]:
+    return {
+        "type": "prometheus",
+        "metadata": {
+            "serverAddress": settings.prometheus_url,
+            "query": in_flight_query(model, settings.namespace),
+            "threshold": str(model.per_worker),
+            "activationThreshold": "0",
+            "ignoreNullValues": "true",
+        },
+    }
 
 
 def _target(model: Model) -> dict[str, str]:
@@ -70,16 +117,7 @@ def scaled_object(model: Model, settings: StackSettings) -> dict[str, Any]:
             "pollingInterval": 15,
             # Scale-in (and to zero) waits this long after the last request.
             "cooldownPeriod": 300,
-            "triggers": [{
-                "type": "prometheus",
-                "metadata": {
-                    "serverAddress": settings.prometheus_url,
-                    "query": in_flight_query(model, settings.namespace),
-                    "threshold": str(model.per_worker),
-                    "activationThreshold": "0",
-                    "ignoreNullValues": "true",
-                },
-            }],
+            "triggers": [jetstream_trigger(model, settings) if model.is_async else prometheus_trigger(model, settings)],
         },
     }
 

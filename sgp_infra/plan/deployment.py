@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 from ..catalog import Model, StackSettings
 from .constants import (
@@ -19,6 +19,12 @@ from .labels import model_labels, model_metadata, selector_labels
 
 CONTAINER_NAME = "model"
 PROBE_PERIOD_SECONDS = 10
+#: The ASYNC sidecar: pulls the model's tasks from JetStream and calls the model container.
+FORWARDER_NAME = "forwarder"
+FORWARDER_PORT = 8081
+FORWARDER_PORT_NAME = "forwarder"
+#: Longest shutdown grace an ASYNC pod gets to finish the tasks it holds; longer tasks are redelivered.
+MAX_ASYNC_GRACE_SECONDS = 3600
 
 
 def rollout_timeout_seconds(model: Model) -> int:
@@ -111,15 +117,63 @@ def container(model: Model, placement: Placement) -> dict[str, Any]:
     return spec
 
 
-def pod_spec(model: Model, placement: Placement) -> dict[str, Any]:
+def grace_seconds(model: Model) -> int:
+    """Shutdown grace: an ASYNC pod's forwarder finishes the tasks it holds (up to their time limit)."""
+    if not model.is_async:
+        return TERMINATION_GRACE_SECONDS
+    return max(TERMINATION_GRACE_SECONDS, min(model.async_tasks.task_timeout_seconds + 30, MAX_ASYNC_GRACE_SECONDS))
+
+
+def forwarder_container(model: Model, settings: StackSettings) -> dict[str, Any]:
+    """The ASYNC sidecar, from the API's image: ``python -m sgp_infra forwarder`` (docs/async.md).
+
+    It reads the published catalogue (the same ConfigMap the API reads), so it
+    takes the model's queue names and limits from the one planner function
+    (``plan.nats.task_layout``).  Ready when NATS is connected and the model
+    container answers its health route, so the pod is ready only when both are.
+    """
+    from . import nats
+    from .api import CATALOG_KEY, CATALOG_MOUNT, RUN_AS
+
+    http = {"port": FORWARDER_PORT_NAME}
+    return {
+        "name": FORWARDER_NAME,
+        "image": settings.api.image,
+        "args": ["forwarder", "--config-file", f"{CATALOG_MOUNT}/{CATALOG_KEY}", "--model", model.name,
+                 "--backend", f"http://127.0.0.1:{MODEL_PORT}", "--nats", nats.client_url(settings),
+                 "--host", "0.0.0.0", "--port", str(FORWARDER_PORT),
+                 "--drain-seconds", str(grace_seconds(model) - 5)],
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "ports": [{"name": FORWARDER_PORT_NAME, "containerPort": FORWARDER_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+        "readinessProbe": {"httpGet": {**http, "path": "/readyz"}, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {**http, "path": "/healthz"}, "periodSeconds": 20, "failureThreshold": 3,
+                          "timeoutSeconds": 5},
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+            "allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "catalog", "mountPath": CATALOG_MOUNT, "readOnly": True}],
+    }
+
+
+def pod_spec(model: Model, placement: Placement, settings: Optional[StackSettings] = None) -> dict[str, Any]:
+    containers = [container(model, placement)]
+    volumes: list[dict[str, Any]] = []
+    if model.is_async and settings is not None:
+        from .api import CATALOG_CONFIGMAP
+
+        containers.append(forwarder_container(model, settings))
+        volumes.append({"name": "catalog", "configMap": {"name": CATALOG_CONFIGMAP}})
     spec: dict[str, Any] = {
         # Model servers never call the Kubernetes API, and with hundreds of
         # Services in the namespace, service-link env vars would swamp them.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "terminationGracePeriodSeconds": grace_seconds(model),
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container(model, placement)],
+        "containers": containers,
     }
     if model.high_priority:
         spec["priorityClassName"] = HIGH_PRIORITY_CLASS
@@ -130,7 +184,9 @@ def pod_spec(model: Model, placement: Placement) -> dict[str, Any]:
     if placement.count:
         # NCCL and PyTorch dataloaders use shared memory far beyond the
         # container runtime's 64Mi default /dev/shm.
-        spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    if volumes:
+        spec["volumes"] = volumes
     return spec
 
 
@@ -145,7 +201,7 @@ def deployment(model: Model, placement: Placement, settings: StackSettings, auto
         "progressDeadlineSeconds": rollout_timeout_seconds(model),
         "selector": {"matchLabels": selector_labels(model)},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec(model, placement)},
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec(model, placement, settings)},
     })
     return {
         "apiVersion": "apps/v1",

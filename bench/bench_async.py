@@ -1,0 +1,194 @@
+"""Benchmark ASYNC tasks (JetStream + one forwarder) against the same backend called synchronously.
+
+    venv/bin/python bench/bench_async.py [--tasks 2000] [--concurrency 1,64]
+
+Starts on loopback: the demo backend (``python -m sgp_infra demo-model``) and
+``serve`` on a two-model stack, ``echo`` (SYNC, v4 completions) and
+``echo-async`` (ASYNC, the same backend), with ``--backend`` for both, so
+``serve`` also starts a local nats-server (JetStream, file storage) and one
+forwarder process for ``echo-async``.  Then, in one run, for each
+concurrency:
+
+* **sync**: ``POST /v4/models/echo/completions`` through the API;
+* **async**: ``POST /v1/async-tasks`` then ``GET /v1/async-tasks/{id}?wait=30``
+  until ``SUCCESS`` (the GET holds until the answer is written, so no polling
+  interval is added).
+
+It prints tasks (or calls) per second and p50/p99 of the time from the first
+request to the answer, the throughput ratio async/sync and the latency async
+adds at p50.  Targets: async >= 0.5 of sync throughput at concurrency 64, and
+< 5 ms added p50 at concurrency 1.  Not a test: nothing here asserts timing;
+everything shares the machine's cores, so compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "bench-key-0123456789"
+ACCOUNT = "bench"
+PROMPT = {"prompt": "hello from the async benchmark"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stack_file(directory: Path, per_worker: int) -> Path:
+    image = {"registry": "local", "repository": "demo", "tag": "1", "command": ["demo"]}
+    doc = {"config": {
+        "sgp-infra:accountId": ACCOUNT, "sgp-infra:namespace": "bench",
+        "sgp-infra:templates": {"echo": {
+            "endpoint_type": "SYNC", "model_type": "COMPLETION", "endpoint_protocol": "SGP",
+            "vendor_configuration": {"vendor": "LAUNCH", "bundle_config": {
+                "registry": "local", "image": "demo", "tag": "1", "command": ["demo"]},
+                "endpoint_config": {"min_workers": 1, "max_workers": 4, "per_worker": 32}}}},
+        "sgp-infra:models": {
+            "echo": {"model_type": "COMPLETION", "model_template_id": "echo"},
+            "echo-async": {"model_type": "generic", "model_vendor": "launch", "vendor_configuration": {
+                "model_image": image,
+                "model_infra": {"endpoint_type": "async", "min_workers": 1, "max_workers": 1,
+                                "per_worker": per_worker}},
+                "async_tasks": {"task_timeout_seconds": 60, "result_ttl_seconds": 3600}}},
+    }}
+    path = directory / "Pulumi.bench-async.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def wait_up(url: str, proc: subprocess.Popen[bytes], seconds: float = 30.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def sync_call(session: aiohttp.ClientSession, base: str) -> None:
+    async with session.post(f"{base}/v4/models/echo/completions", json=PROMPT) as r:
+        assert r.status == 200, await r.text()
+        await r.read()
+
+
+async def async_call(session: aiohttp.ClientSession, base: str) -> None:
+    async with session.post(f"{base}/v1/async-tasks", params={"model_endpoint_id": "echo-async"},
+                            json={"args": PROMPT}) as r:
+        assert r.status == 200, await r.text()
+        task_id = (await r.json())["task_id"]
+    while True:
+        async with session.get(f"{base}/v1/async-tasks/{task_id}", params={"wait": "30"}) as r:
+            body: dict[str, Any] = await r.json()
+        if body["status"] == "SUCCESS":
+            return
+        assert body["status"] != "FAILURE", body
+
+
+async def run_load(base: str, kind: str, total: int, concurrency: int) -> tuple[float, list[float]]:
+    """``(per second, latencies in seconds)`` of ``total`` calls, ``concurrency`` at a time."""
+    call = sync_call if kind == "sync" else async_call
+    latencies: list[float] = []
+    left = total
+    connector = aiohttp.TCPConnector(limit=concurrency * 2)
+    async with aiohttp.ClientSession(headers={"x-api-key": KEY}, connector=connector) as session:
+        for _ in range(min(20, total)):  # warm-up: connections, JIT-free but cache-warm
+            await call(session, base)
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                started = time.perf_counter()
+                await call(session, base)
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    return len(latencies) / elapsed, latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=2000, help="calls per path and concurrency (default 2000)")
+    parser.add_argument("--concurrency", default="1,64", help="comma-separated concurrencies (default 1,64)")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    py = sys.executable
+    procs: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="sgp-bench-async-"))
+    try:
+        backend_port, api_port = free_port(), free_port()
+        env = {**os.environ, "SGP_INFRA_API_KEYS": f'{{"{KEY}": ["{ACCOUNT}"]}}'}
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "cwd": ROOT}
+        procs.append(subprocess.Popen([py, "-m", "sgp_infra", "demo-model", "--port", str(backend_port)], **quiet))
+        wait_up(f"http://127.0.0.1:{backend_port}/readyz", procs[0])
+        backend = f"http://127.0.0.1:{backend_port}"
+        stack = stack_file(tmp, per_worker=max(levels))
+        # serve starts the local nats-server and the forwarder itself (and stops them on SIGTERM).
+        procs.append(subprocess.Popen(
+            [py, "-m", "sgp_infra", "serve", "--config-file", str(stack), "--port", str(api_port), "--status",
+             "none", "--log-level", "error", "--no-access-log", "--nats-store", str(tmp / "nats"),
+             "--backend", f"echo={backend}", "--backend", f"echo-async={backend}"], **quiet))
+        base = f"http://127.0.0.1:{api_port}"
+        wait_up(f"{base}/readyz", procs[1])
+        results: dict[tuple[str, int], tuple[float, list[float]]] = {}
+        for concurrency in levels:
+            for kind in ("sync", "async"):
+                results[(kind, concurrency)] = asyncio.run(run_load(base, kind, args.tasks, concurrency))
+        print(f"{'path':<6} {'conc':>4} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        for (kind, concurrency), (rate, lat) in results.items():
+            print(f"{kind:<6} {concurrency:>4} {rate:>9.0f} {pct(lat, 0.5):>8.2f} {pct(lat, 0.99):>8.2f}")
+        print()
+        for concurrency in levels:
+            s_rate, s_lat = results[("sync", concurrency)]
+            a_rate, a_lat = results[("async", concurrency)]
+            print(f"concurrency {concurrency}: async/sync throughput {a_rate / s_rate:.2f}, "
+                  f"async adds {pct(a_lat, 0.5) - pct(s_lat, 0.5):.2f} ms at p50 "
+                  f"(targets: >= 0.5 at 64, < 5 ms at 1)")
+        print(f"(p50 sync / async at concurrency {levels[0]}: "
+              f"{statistics.median(results[('sync', levels[0])][1]) * 1000:.2f} / "
+              f"{statistics.median(results[('async', levels[0])][1]) * 1000:.2f} ms)")
+        return 0
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

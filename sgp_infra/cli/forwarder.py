@@ -1,0 +1,66 @@
+"""``forwarder``: run one ASYNC model's task forwarder (the pod's sidecar, or beside a local backend)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import EXIT_USAGE, add_source_args, try_load
+
+HELP = "pull an ASYNC model's tasks from NATS JetStream and call the model (the model pod's sidecar)"
+
+DESCRIPTION = """\
+Pulls the model's tasks from its JetStream consumer (at most per_worker at
+once), POSTs each task's args to the model's predict_route at --backend,
+writes the answer or the failure to the results bucket, then acknowledges.
+SIGTERM stops pulling and finishes held tasks within --drain-seconds.
+
+  python -m sgp_infra forwarder --stack dev --model transcriber \\
+      --backend http://127.0.0.1:5005 --nats nats://127.0.0.1:4222
+
+Probes on --port: /healthz, /readyz (NATS connected and the model healthy), /metrics.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("forwarder", help=HELP, description=DESCRIPTION,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_args(parser)
+    parser.add_argument("--model", required=True, help="the ASYNC model (name or id)")
+    parser.add_argument("--backend", required=True, metavar="URL", help="the model server, e.g. http://127.0.0.1:5005")
+    parser.add_argument("--nats", metavar="URL", default=None,
+                        help="NATS server (default: sgp-infra:async.natsUrl, else the stack's in-cluster NATS)")
+    parser.add_argument("--host", default="127.0.0.1", help="address of the probe/metrics port (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8081, help="probe/metrics port (default 8081; 0 picks one)")
+    parser.add_argument("--drain-seconds", type=float, default=55.0,
+                        help="on SIGTERM, how long held tasks may finish before they return to the queue")
+    parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from ..plan.nats import client_url
+        from ..tasks.service import UnknownAsyncModel, build_forwarder, forwarder_app
+    except ImportError as exc:
+        print(f"error: the forwarder needs the api extra ({exc.name} is missing): pip install 'sgp-infra[api]'",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if not args.backend.startswith(("http://", "https://")):
+        print(f"error: --backend must be an http(s) URL, got {args.backend!r}", file=sys.stderr)
+        return EXIT_USAGE
+    catalog, code = try_load(args)
+    if catalog is None:
+        return code
+    try:
+        forwarder = build_forwarder(catalog, args.model, args.backend, args.nats or client_url(catalog.settings))
+    except UnknownAsyncModel as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    app = forwarder_app(forwarder, args.drain_seconds)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                            timeout_graceful_shutdown=int(args.drain_seconds) + 5)
+    uvicorn.Server(config).run()
+    return 0

@@ -1,0 +1,231 @@
+"""The JetStream client the API and the forwarders share (nats-py, public API only).
+
+:class:`TaskBroker` connects in the background and keeps reconnecting, so a
+process starts while NATS is down and answers "unavailable" (the API: 503)
+instead of failing; once connected it makes sure the stream, the model's
+consumers and the results bucket exist exactly as :func:`plan.nats.task_layout`
+describes them (idempotent: every API replica and forwarder does it, whoever
+comes first creates them).  It offers the few operations tasks need:
+publish a task with a JetStream acknowledgement, read a record, write a record
+with compare-and-set, and read a consumer's pending count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable, Optional
+
+import nats
+from nats.errors import Error as NatsError
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+
+from ..plan.nats import ModelQueue, TaskLayout
+from .records import MSG_ID_HEADER, TaskMessage, TaskRecord
+
+log = logging.getLogger("sgp_infra.tasks")
+
+#: Seconds a publish or KV write waits for JetStream's acknowledgement before the caller gets "unavailable".
+REQUEST_TIMEOUT_SECONDS = 5.0
+#: JetStream drops a second publish with the same task id within this window.
+DUPLICATE_WINDOW_SECONDS = 120.0
+
+
+class BrokerUnavailable(Exception):
+    """NATS is not connected, or JetStream did not acknowledge in time: nothing was stored."""
+
+
+class TaskBroker:
+    """One process's connection to the stack's JetStream objects."""
+
+    def __init__(self, url: str, layout: TaskLayout, *, name: str = "sgp-infra",
+                 queues: Optional[list[str]] = None) -> None:
+        """``queues``: the models whose consumers this process ensures (default: all of the layout's)."""
+        self.url = url
+        self.layout = layout
+        self.name = name
+        self.queues = list(layout.queues) if queues is None else queues
+        self.nc: Any = None
+        self.js: Any = None
+        self.kv: Any = None
+        self._ready = asyncio.Event()
+        self._task: Optional[asyncio.Task[None]] = None
+        self._closing = False
+        self._on_ready: list[Callable[[], Awaitable[None]]] = []
+
+    # -- life --------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Connected, and the JetStream objects exist."""
+        return self._ready.is_set() and self.nc is not None and self.nc.is_connected
+
+    def on_ready(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``callback`` after each (re)connection once the objects are ensured (subscriptions…)."""
+        self._on_ready.append(callback)
+
+    async def start(self) -> None:
+        """Connect in the background; returns at once (see :meth:`wait_ready`)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="sgp-infra-nats-connect")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return self.ready
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:  # already closed or disconnected: nothing left to flush
+                await self.nc.close()
+        self._ready.clear()
+
+    async def _run(self) -> None:
+        async def reconnected() -> None:
+            # A broker restarted from its file store still has everything; one that lost its store
+            # (a new dev server) needs the objects again.
+            asyncio.create_task(self._ensure_loop())
+
+        async def disconnected() -> None:
+            if not self._closing:
+                log.warning("nats disconnected", extra={"url": self.url})
+
+        async def error(exc: Exception) -> None:
+            log.debug("nats: %s", exc)
+
+        # max_reconnect_attempts=-1: the first connection and every reconnection are retried forever.
+        self.nc = await nats.connect(
+            self.url, name=self.name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2,
+            allow_reconnect=True, reconnected_cb=reconnected, disconnected_cb=disconnected, error_cb=error,
+        )
+        self.js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_SECONDS)
+        await self._ensure_loop()
+
+    async def _ensure_loop(self) -> None:
+        delay = 0.2
+        while not self._closing:
+            try:
+                await self.ensure()
+                for callback in self._on_ready:
+                    await callback()
+                self._ready.set()
+                return
+            except (NatsError, asyncio.TimeoutError, OSError) as exc:
+                self._ready.clear()
+                log.warning("jetstream not ready (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- the objects ----------------------------------------------------------------------------------
+
+    def stream_config(self) -> js_api.StreamConfig:
+        lay = self.layout
+        return js_api.StreamConfig(
+            name=lay.stream, subjects=list(lay.stream_subjects), retention=js_api.RetentionPolicy.WORK_QUEUE,
+            storage=js_api.StorageType.FILE, num_replicas=lay.replicas, duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            # A task nobody pulled within the longest result retention is dropped with it.
+            max_age=float(lay.bucket_ttl_seconds), discard=js_api.DiscardPolicy.OLD,
+        )
+
+    @staticmethod
+    def consumer_config(queue: ModelQueue) -> js_api.ConsumerConfig:
+        return js_api.ConsumerConfig(
+            durable_name=queue.consumer, filter_subject=queue.subject,
+            ack_policy=js_api.AckPolicy.EXPLICIT, deliver_policy=js_api.DeliverPolicy.ALL,
+            ack_wait=float(queue.ack_wait_seconds), max_deliver=queue.max_deliver,
+            max_ack_pending=queue.max_ack_pending, max_waiting=512,
+        )
+
+    async def ensure(self) -> None:
+        """Create (or bring up to date) the stream, this process's consumers and the bucket."""
+        js = self.js
+        config = self.stream_config()
+        try:
+            await js.add_stream(config)
+        except BadRequestError:  # exists with another configuration (a model or TTL changed)
+            await js.update_stream(config)
+        for model in self.queues:
+            queue = self.layout.queues[model]
+            await js.add_consumer(self.layout.stream, self.consumer_config(queue))
+        try:
+            self.kv = await js.create_key_value(
+                bucket=self.layout.bucket, ttl=float(self.layout.bucket_ttl_seconds), history=1,
+                replicas=self.layout.replicas, storage=js_api.StorageType.FILE,
+                description="sgp-infra ASYNC task records and results")
+        except BadRequestError:  # exists with another TTL: keep it, move its TTL
+            self.kv = await js.key_value(self.layout.bucket)
+            info = await js.stream_info(f"KV_{self.layout.bucket}")
+            await js.update_stream(info.config.evolve(max_age=float(self.layout.bucket_ttl_seconds)))
+
+    def _require(self) -> None:
+        if not self.ready:
+            raise BrokerUnavailable("the task broker (NATS JetStream) is not connected")
+
+    # -- operations ----------------------------------------------------------------------------------
+
+    async def enqueue(self, queue: ModelQueue, message: TaskMessage, record: TaskRecord) -> None:
+        """Write the PENDING record, then publish the task and wait for JetStream's acknowledgement.
+
+        Raises :class:`BrokerUnavailable` when either is not acknowledged: the
+        caller reports the task as not accepted (a record without a published
+        task is never returned to anyone and expires with the bucket's TTL).
+        """
+        self._require()
+        try:
+            await asyncio.wait_for(self.kv.create(message.task_id, record.encode()), REQUEST_TIMEOUT_SECONDS)
+            await self.js.publish(queue.subject, message.encode(), timeout=REQUEST_TIMEOUT_SECONDS,
+                                  stream=self.layout.stream, headers={MSG_ID_HEADER: message.task_id})
+        except (NatsError, asyncio.TimeoutError, OSError) as exc:
+            raise BrokerUnavailable(f"the task broker did not acknowledge the task ({type(exc).__name__})") from None
+
+    async def get(self, task_id: str) -> Optional[tuple[TaskRecord, int]]:
+        """The record and its revision, or ``None`` if there is none."""
+        self._require()
+        try:
+            entry = await asyncio.wait_for(self.kv.get(task_id), REQUEST_TIMEOUT_SECONDS)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        except (NatsError, asyncio.TimeoutError, OSError) as exc:
+            raise BrokerUnavailable(f"the task broker did not answer ({type(exc).__name__})") from None
+        if not entry.value:
+            return None
+        return TaskRecord.decode(entry.value), entry.revision
+
+    async def write(self, record: TaskRecord, revision: Optional[int]) -> Optional[int]:
+        """Compare-and-set: write ``record`` if the stored one is still at ``revision`` (``None``: absent).
+
+        Returns the new revision, or ``None`` when another writer got there first.
+        """
+        try:
+            if revision is None:
+                return await self.kv.create(record.task_id, record.encode())
+            return await self.kv.update(record.task_id, record.encode(), last=revision)
+        except KeyWrongLastSequenceError:
+            return None
+        except BadRequestError as exc:  # "wrong last sequence" on a create of an existing key
+            if "wrong last sequence" in str(exc).lower():
+                return None
+            raise
+
+    async def pending(self, queue: ModelQueue) -> tuple[int, int]:
+        """``(waiting, running)``: tasks not yet delivered, and delivered but not acknowledged."""
+        self._require()
+        info = await self.js.consumer_info(self.layout.stream, queue.consumer)
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+
+    def results_subject(self) -> str:
+        """The core-NATS subject every record write is published on (``$KV.<bucket>.<task id>``)."""
+        return f"$KV.{self.layout.bucket}.>"

@@ -1,0 +1,276 @@
+"""The ASYNC forwarder: pulls one model's tasks from JetStream and calls the model container.
+
+One runs beside every ASYNC model container (the pod's ``forwarder``
+sidecar) and, locally, beside each ``serve --backend`` of an ASYNC model.
+For each task it pulls (never more than ``per_worker`` at once):
+
+1. reads the task's record; a task already ``SUCCESS``/``FAILURE`` is a
+   duplicate delivery and is only acknowledged;
+2. on a delivery past ``max_deliveries`` (the one extra delivery the consumer
+   allows) records ``FAILURE`` without calling the model: the worker of the
+   last attempt died or overran the ack wait;
+3. marks it ``STARTED``, POSTs its args to the model's ``predict_route``
+   (bounded by ``task_timeout_seconds``);
+4. records the answer (``SUCCESS``), or the failure with the status code and
+   error text when it is final: a 4xx other than 408/429 (the input is
+   wrong, retrying cannot help) or the last allowed attempt; any other failure
+   is negatively acknowledged and JetStream redelivers it after a back-off;
+5. acknowledges (synchronously) only after the record is written, then calls
+   the task's ``callback_url`` once if this forwarder wrote the final state.
+
+Final records are written with compare-and-set, so however many times a task
+runs, one answer is recorded and later writers leave it alone.  A forwarder
+killed mid-task never acknowledges: JetStream redelivers after the ack wait.
+
+:meth:`Forwarder.stop` (SIGTERM) stops pulling, lets held tasks finish within
+the drain time and returns the rest to the queue (``nak``) for another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Optional
+
+import httpx
+import orjson
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from ..plan.nats import ModelQueue
+from .broker import BrokerUnavailable, TaskBroker
+from .metrics import TaskMetrics
+from .records import TaskMessage, TaskRecord
+
+log = logging.getLogger("sgp_infra.forwarder")
+
+#: Seconds one pull waits for tasks before checking whether to stop.
+FETCH_WAIT_SECONDS = 1.0
+#: Seconds a pull for several tasks waits when the queue had a backlog at the last pull.
+BACKLOG_WAIT_SECONDS = 0.01
+#: Seconds a healthy model is trusted before its health route is asked again.
+HEALTH_RECHECK_SECONDS = 5.0
+#: Back-off before a failed attempt is redelivered: this times the delivery count, capped.
+RETRY_DELAY_SECONDS = 0.5
+MAX_RETRY_DELAY_SECONDS = 30.0
+#: Errors from the model that retrying cannot fix.
+FINAL_CLIENT_ERRORS = frozenset(range(400, 500)) - {408, 429}
+#: Longest error text kept in a FAILURE record.
+MAX_ERROR_CHARS = 4000
+
+
+class Forwarder:
+    """Pull, call, record, acknowledge: one model's tasks (see the module doc)."""
+
+    def __init__(self, broker: TaskBroker, queue: ModelQueue, backend: str, predict_route: str,
+                 health_route: str = "/readyz", metrics: Optional[TaskMetrics] = None) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.backend = backend.rstrip("/")
+        self.predict_route = predict_route
+        self.health_route = health_route
+        self.metrics = metrics or TaskMetrics()
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(float(queue.task_timeout_seconds), connect=10.0),
+            limits=httpx.Limits(max_connections=queue.per_worker, max_keepalive_connections=queue.per_worker))
+        self._stopping = asyncio.Event()
+        self._inflight: dict[asyncio.Task[None], Any] = {}
+        self._loop_task: Optional[asyncio.Task[None]] = None
+        self.psub: Any = None
+        self._healthy_until = 0.0
+        self._backlog = False
+
+    # -- readiness -------------------------------------------------------------------------------------
+
+    async def model_healthy(self) -> bool:
+        try:
+            response = await self.client.get(self.backend + self.health_route, timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 400
+
+    async def ready(self) -> bool:
+        """Ready when NATS is connected and the model container answers its health route."""
+        return self.broker.ready and await self.model_healthy()
+
+    # -- the pull loop -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self.run(), name=f"forwarder-{self.queue.consumer}")
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            if not self.broker.ready:
+                await self._pause(0.2)
+                continue
+            if self.psub is None:
+                try:
+                    self.psub = await self.broker.js.pull_subscribe_bind(
+                        self.queue.consumer, self.broker.layout.stream)
+                except (NatsError, asyncio.TimeoutError) as exc:
+                    log.warning("cannot bind to consumer %s: %s", self.queue.consumer, exc)
+                    await self._pause(1.0)
+                    continue
+            # The model must answer before tasks are taken from the queue for it (checked again
+            # every few seconds, not per task).
+            if time.monotonic() >= self._healthy_until:
+                if not await self.model_healthy():
+                    await self._pause(0.5)
+                    continue
+                self._healthy_until = time.monotonic() + HEALTH_RECHECK_SECONDS
+            if len(self._inflight) >= self.queue.per_worker:
+                await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            free = self.queue.per_worker - len(self._inflight)
+            # With a backlog, one pull takes every free slot's task at once (JetStream answers at once with
+            # what is waiting).  Otherwise pull one task and wait for it: a waiting pull for several tasks
+            # holds the first one back until the others arrive or the pull expires.
+            batch, wait = (free, BACKLOG_WAIT_SECONDS) if self._backlog and free > 1 else (1, FETCH_WAIT_SECONDS)
+            try:
+                msgs = await self.psub.fetch(batch=batch, timeout=wait)
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                self._backlog = False
+                continue
+            except NatsError as exc:
+                log.debug("fetch failed: %s", exc)
+                await self._pause(0.2)
+                continue
+            self._backlog = True
+            for msg in msgs:
+                task = asyncio.create_task(self._handle(msg))
+                self._inflight[task] = msg
+                task.add_done_callback(self._inflight.pop)
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def stop(self, drain_seconds: float) -> None:
+        """Stop pulling; give held tasks ``drain_seconds``; return the rest to the queue."""
+        self._stopping.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._inflight:
+            done, pending = await asyncio.wait(list(self._inflight), timeout=max(0.0, drain_seconds))
+            for task in pending:
+                msg = self._inflight.get(task)
+                task.cancel()
+                if msg is not None:
+                    try:
+                        await msg.nak()  # redelivered now, to another worker
+                    except NatsError:
+                        pass  # not connected: the ack wait redelivers it
+            if pending:
+                await asyncio.wait(pending)
+        await self.client.aclose()
+
+    # -- one task ------------------------------------------------------------------------------------------
+
+    async def _handle(self, msg: Any) -> None:
+        deliveries = int(msg.metadata.num_delivered)
+        try:
+            message = TaskMessage.decode(msg.data)
+        except (ValueError, KeyError, TypeError):
+            log.error("dropping an unreadable task message on %s", self.queue.subject)
+            await msg.term()
+            return
+        try:
+            await self._run_task(msg, message, deliveries)
+        except BrokerUnavailable:
+            pass  # not acknowledged: redelivered after the ack wait
+        except NatsError as exc:
+            log.warning("task %s: broker error %s; it will be redelivered", message.task_id, exc)
+
+    async def _run_task(self, msg: Any, message: TaskMessage, deliveries: int) -> None:
+        current = await self.broker.get(message.task_id)
+        record, revision = current if current else (self._record_for(message), None)
+        if record.final:
+            self.metrics.outcome(self.queue.model, "duplicate")
+            await msg.ack_sync()
+            return
+        if deliveries > self.queue.max_deliveries:
+            error = record.traceback or "no answer: the worker running the task stopped or overran the ack wait"
+            await self._finish(msg, record, revision, "FAILURE", None, None,
+                               f"failed after {self.queue.max_deliveries} deliveries: {error}", deliveries)
+            return
+        self.metrics.queued(self.queue.model, max(0.0, time.time() - message.enqueued_at))
+        started = record.started(deliveries)
+        new_revision = await self.broker.write(started, revision)
+        if new_revision is None:  # someone else wrote meanwhile: re-read
+            current = await self.broker.get(message.task_id)
+            if current and current[0].final:
+                self.metrics.outcome(self.queue.model, "duplicate")
+                await msg.ack_sync()
+                return
+            record, new_revision = current if current else (record, None)
+        else:
+            record = started
+        began = time.monotonic()
+        status_code, result, error = await self._call(message)
+        self.metrics.running(self.queue.model, time.monotonic() - began)
+        if error is None:
+            await self._finish(msg, record, new_revision, "SUCCESS", result, status_code, None, deliveries)
+        elif (status_code in FINAL_CLIENT_ERRORS) or deliveries >= self.queue.max_deliveries:
+            await self._finish(msg, record, new_revision, "FAILURE", result, status_code, error, deliveries)
+        else:
+            self.metrics.outcome(self.queue.model, "retried")
+            await msg.nak(delay=min(RETRY_DELAY_SECONDS * deliveries, MAX_RETRY_DELAY_SECONDS))
+
+    def _record_for(self, message: TaskMessage) -> TaskRecord:
+        """A record for a task whose PENDING record is gone (expired): rebuilt from the message."""
+        return TaskRecord(task_id=message.task_id, model=message.model, account_id=self.queue.account_id,
+                          status="PENDING", enqueued_at=message.enqueued_at, callback_url=message.callback_url,
+                          result_ttl_seconds=self.queue.result_ttl_seconds)
+
+    async def _call(self, message: TaskMessage) -> tuple[Optional[int], Any, Optional[str]]:
+        """``(status code, JSON answer, error text or None)`` of one call to the model."""
+        try:
+            response = await self.client.post(self.backend + self.predict_route,
+                                              content=orjson.dumps(message.request_body()),
+                                              headers={"content-type": "application/json"})
+        except httpx.TimeoutException:
+            return None, None, f"the model did not answer within {self.queue.task_timeout_seconds} s"
+        except httpx.HTTPError as exc:
+            return None, None, f"cannot reach the model: {type(exc).__name__}: {exc}"
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code >= 400:
+            text = body if isinstance(body, str) else orjson.dumps(body).decode()
+            return response.status_code, None, f"the model answered {response.status_code}: {text[:MAX_ERROR_CHARS]}"
+        return response.status_code, body, None
+
+    async def _finish(self, msg: Any, record: TaskRecord, revision: Optional[int], status: str, result: Any,
+                      status_code: Optional[int], error: Optional[str], deliveries: int) -> None:
+        """Write the final state unless one is already there, acknowledge, then call back once."""
+        final = record.finished(status, result=result, status_code=status_code, traceback=error,  # type: ignore[arg-type]
+                                deliveries=deliveries)
+        wrote = False
+        while True:
+            new_revision = await self.broker.write(final, revision)
+            if new_revision is not None:
+                wrote = True
+                break
+            current = await self.broker.get(record.task_id)
+            if current is None:
+                revision = None
+                continue
+            if current[0].final:
+                break  # another delivery answered first: that answer stands
+            revision = current[1]
+        await msg.ack_sync()
+        self.metrics.outcome(self.queue.model, status.lower() if wrote else "duplicate")
+        if wrote and final.callback_url:
+            await self._callback(final)
+
+    async def _callback(self, record: TaskRecord) -> None:
+        """POST the final state to the task's ``callback_url`` (once; a failing receiver is logged)."""
+        try:
+            await self.client.post(record.callback_url or "", content=orjson.dumps(record.public()),
+                                   headers={"content-type": "application/json"}, timeout=10.0)
+        except httpx.HTTPError as exc:
+            log.warning("callback for task %s failed: %s", record.task_id, type(exc).__name__)
