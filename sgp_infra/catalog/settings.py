@@ -187,15 +187,20 @@ class AsyncSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    nats_url: Optional[str] = Field(default=None, alias="natsUrl")
-    #: host:port of an existing NATS's monitoring endpoint, where KEDA's nats-jetstream scaler reads lag.
-    monitoring_endpoint: Optional[str] = Field(default=None, alias="monitoringEndpoint")
-    #: The NATS account the stream lives in (KEDA asks the monitoring endpoint for it).
-    account: str = Field(default="$G", min_length=1)
-    replicas: Literal[1, 3, 5] = 1
-    storage: str = "10Gi"
-    storage_class_name: Optional[str] = Field(default=None, alias="storageClassName")
-    image: str = DEFAULT_NATS_IMAGE
+    nats_url: Optional[str] = Field(default=None, alias="natsUrl",
+                                    description="URL of an existing NATS with JetStream (nats://host:4222); "
+                                                "unset: an in-cluster NATS is planned.")
+    monitoring_endpoint: Optional[str] = Field(
+        default=None, alias="monitoringEndpoint",
+        description="host:port of the existing NATS's monitoring endpoint, where KEDA's nats-jetstream scaler "
+                    "reads consumer lag.")
+    account: str = Field(default="$G", min_length=1,
+                         description="The NATS account the task stream lives in (KEDA asks for it).")
+    replicas: Literal[1, 3, 5] = Field(default=1, description="In-cluster NATS servers (3 in production: R3).")
+    storage: str = Field(default="10Gi", description="JetStream file storage per in-cluster NATS server (a PVC).")
+    storage_class_name: Optional[str] = Field(default=None, alias="storageClassName",
+                                              description="StorageClass of the NATS PVCs (default: the cluster's).")
+    image: str = Field(default=DEFAULT_NATS_IMAGE, description="The in-cluster NATS server image.")
 
     @field_validator("nats_url")
     @classmethod
