@@ -52,10 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                         help="write one JSON log line per request (default on; --no-access-log saves its "
                              "cost on busy inference replicas, see docs/inference.md)")
-    parser.add_argument("--express", action=argparse.BooleanOptionalAction, default=True,
-                        help="answer non-streamed typed inference (completions, chat, embeddings, rerankings) "
-                             "at the HTTP protocol level, without the ASGI stack (default on; same answers, "
-                             "under half the CPU per request, see docs/inference.md)")
     parser.add_argument("--reuse-port", action="store_true",
                         help="bind with SO_REUSEPORT, so several serve processes share --port and the kernel "
                              "spreads connections over them (one process uses one core; in a cluster, scale "
@@ -133,31 +129,11 @@ def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socke
     return socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port)
 
 
-def tune_gc() -> None:
-    """Garbage-collector settings for a long-running request server.
-
-    * ``gc.freeze()`` after start-up moves the catalogue, the app and every
-      imported module out of the collector's reach: they live as long as the
-      process, and full collections no longer walk them.
-    * A first-generation threshold of 7,000 instead of 700: each inference
-      request allocates dozens of short-lived containers (aiohttp, Starlette),
-      so the default ran a collection every few requests.  Measured on the
-      benchmark, the collector went from about 14% of the API's CPU time to
-      under 2%.  Cyclic garbage is still collected, just in larger batches.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(7000, gen1, gen2)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..api import create_app, http_protocol
+        from ..api import create_app
         from ..api.logs import configure_json_logging, flush_access_lines
     except ImportError as exc:
         print(f"error: serving needs the api extra ({exc.name} is missing): pip install 'sgp-infra[api]'",
@@ -179,9 +155,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
     print(f"serving {catalog.summary()} on http://{args.host}:{sock.getsockname()[1]}", file=sys.stderr)
-    tune_gc()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                            log_level=args.log_level, http=http_protocol(app, express=args.express))
+                            log_level=args.log_level)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
