@@ -161,6 +161,9 @@ class Answer:
         async for piece in self.chunks():
             buf += piece
             if len(buf) > cap:
+                # Freed now: the error's traceback keeps this frame, and with it the buffer, until a
+                # garbage collection finds the cycle.
+                del buf
                 raise UpstreamError(502, "too_large", f"model '{self.label}' answered more than {cap} bytes")
         return bytes(buf)
 
