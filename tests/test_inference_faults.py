@@ -9,6 +9,7 @@ outcome.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -239,18 +240,66 @@ def test_client_disconnect_cancels_the_upstream_request() -> None:
         assert in_flight(app) == 0
 
 
-def test_client_disconnect_cancels_a_non_streaming_request() -> None:
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for family in text_string_to_metric_families(client.get("/metrics").text)
+               for s in family.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_client_disconnect_cancels_a_non_streaming_request_and_counts_499() -> None:
     closed = threading.Event()
+    received = threading.Event()
 
     async def hang_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
+        received.set()
         await reader.read()  # returns when the API closes the upstream connection
         closed.set()
 
     with FaultServer(hang_until_eof) as url, api({"sgp-echo": url}) as (client, app):
-        with pytest.raises(httpx.ReadTimeout):
-            client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"}, timeout=0.5)
+        def call() -> None:
+            with pytest.raises(httpx.ReadTimeout):
+                client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"}, timeout=1.0)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert received.wait(20)
+        # waiting for its backend, the call is in flight: the gauge KEDA reads
+        assert metric(client, "sgp_infra_model_requests_in_flight", model="sgp-echo") == 1
+        caller.join(20)
         assert closed.wait(20), "the upstream request was not cancelled"
+        deadline = time.monotonic() + 20
+        while in_flight(app) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert metric(client, "sgp_infra_model_requests_in_flight", model="sgp-echo") == 0
+        assert metric(client, "sgp_infra_model_requests_total", model="sgp-echo", code="499") == 1
+        assert metric(client, "sgp_infra_model_errors_total", model="sgp-echo", kind="client_disconnect") == 1
+        assert metric(client, "sgp_infra_api_requests_total", status="499",
+                      route="/v4/models/{model_deployment_id}/completions") == 1
+        assert metric(client, "sgp_infra_model_errors_total", model="sgp-echo", kind="read_timeout") == 0
+
+
+def test_a_client_that_leaves_mid_body_reaches_no_backend() -> None:
+    reached = threading.Event()
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        reached.set()
+
+    with FaultServer(record) as url, api({"sgp-echo": url}) as (client, app):
+        host, port = client.base_url.host, client.base_url.port
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(b"POST /v4/models/sgp-echo/completions HTTP/1.1\r\nhost: x\r\nx-api-key: %s\r\n"
+                         b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"prompt\": "
+                         % HEADERS["x-api-key"].encode())
+            time.sleep(0.2)
+        deadline = time.monotonic() + 5
+        while metric(client, "sgp_infra_api_requests_total", status="499") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(client, "sgp_infra_api_requests_total", status="499") == 1
+        assert not reached.is_set() and in_flight(app) == 0
 
 
 # --- scale from zero ---------------------------------------------------------------------------
