@@ -4,27 +4,26 @@ against nginx as a reverse proxy, all in front of the same demo backend.
     .venv/bin/python bench/bench_proxy.py [--seconds 5] [--generator auto|wrk|aiohttp]
 
 Starts, on loopback ports: a demo model (``python -m sgp_infra demo-model``);
-the API (``python -m sgp_infra serve --status none --backend ...``) four ways:
-as shipped (express lane on, JSON access log on), with ``--no-access-log``,
-with ``--no-express`` (every request through the ASGI stack: the lane's gain,
-same run) and as two processes sharing the port with ``--reuse-port`` (two
-replicas on one machine: what one more core buys); and, if the ``nginx``
-binary exists (Debian: ``apt-get install -y nginx``), an nginx with a
-temporary config proxying to the backend with keep-alive upstream
-connections.  Each path gets the same small completion request at concurrency
-1 and 64, in one run; the report gives throughput, p50/p99 latency, the
-throughput ratio to the direct path and the latency each proxy adds.
+the API (``python -m sgp_infra serve --status none --backend ...``) three ways:
+as shipped (JSON access log on), with ``--no-access-log``, and as two
+processes sharing the port with ``--reuse-port`` (two replicas on one
+machine: what one more core buys); and, if the ``nginx`` binary exists
+(Debian: ``apt-get install -y nginx``), an nginx with a temporary config
+proxying to the backend with keep-alive upstream connections.  Each path gets
+the same small completion request at concurrency 1 and 64, in one run; the
+report gives throughput, p50/p99 latency, the throughput ratio to the direct
+path and the latency each proxy adds, then the two figures the targets are
+set on: the API's added p50 at concurrency 1 (target under 1 ms) and its CPU
+per proxied request at concurrency 64 (target at most 150 µs).
 
 The load generator is ``wrk`` (Debian: ``apt-get install -y wrk``) when it is
 installed, driven for ``--seconds`` per path and concurrency after a one-second
 warm-up, with a Lua script that POSTs the JSON body and prints its counts.
-Why not the earlier aiohttp client: it is Python sharing the same two cores,
-and it capped the *direct* path near 2,000-3,500 req/s, so the ratios
-compared the proxies with the load generator rather than with the backend
-(nginx even scored above 1.0).  wrk costs a small fraction of a core and
-lets the direct path reach the backend's own limit, which makes the ratios
-stricter and fair.  Without wrk the script falls back to the aiohttp client
-(``--generator aiohttp`` forces it) and says so in the report.
+Why wrk: a Python load generator shares the same cores and caps the *direct*
+path, so the ratios would compare the proxies with the load generator rather
+than with the backend.  wrk costs a small fraction of a core.  Without wrk the
+script falls back to an aiohttp client (``--generator aiohttp`` forces it)
+and says so in the report.
 
 Everything still shares the machine's cores, so compare ratios, not absolute
 numbers.  All traffic is to 127.0.0.1 and every run is bounded in time.
@@ -252,11 +251,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto",
                         help="load generator (default: wrk if installed, else aiohttp)")
     parser.add_argument("--paths", default="all",
-                        help="comma-separated subset of: api, api-quiet, api-asgi, api-2, nginx (direct always "
+                        help="comma-separated subset of: api, api-quiet, api-2, nginx (direct always "
                              "runs; default all)")
     parser.add_argument("--concurrency", default="1,64", help="comma-separated concurrency levels (default 1,64)")
     args = parser.parse_args(argv)
-    every = {"api", "api-quiet", "api-asgi", "api-2", "nginx"}
+    every = {"api", "api-quiet", "api-2", "nginx"}
     wanted = every if args.paths == "all" else set(args.paths.split(","))
     if not wanted <= every:
         parser.error("--paths takes " + ", ".join(sorted(every)))
@@ -286,7 +285,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         # (path key, row name, extra serve flags, processes sharing the port)
         apis = (("api", "api proxy", [], 1),
                 ("api-quiet", "api proxy, no access log", ["--no-access-log"], 1),
-                ("api-asgi", "api proxy, express lane off (ASGI only)", ["--no-express"], 1),
                 ("api-2", "api proxy, 2 processes (--reuse-port)", ["--reuse-port"], 2))
         for key, name, extra, count in apis:
             if key not in wanted:
@@ -325,6 +323,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"load generator: {'wrk' if wrk else 'aiohttp (in-process Python)'}, {args.seconds:g} s per row, "
               f"{os.cpu_count()} cores shared by everything")
         print(report(results, list(paths), levels))
+        print(targets(results, levels))
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -348,6 +347,18 @@ def report(results: dict[tuple[str, int], dict[str, Any]], names: list[str], lev
                          f"{r['rps'] / direct['rps']:.2f} | {r['p50'] - direct['p50']:+.2f} | "
                          f"{r['p99'] - direct['p99']:+.2f} | {r['proxy_us']:.0f} | {r['backend_us']:.0f} | "
                          f"{r['errors']} |")
+    return "\n".join(lines)
+
+
+def targets(results: dict[tuple[str, int], dict[str, Any]], levels: list[int]) -> str:
+    """The API's figures against the issue's targets (as shipped: the ``api proxy`` row)."""
+    lines = []
+    if ("api proxy", 1) in results:
+        added = results[("api proxy", 1)]["p50"] - results[("direct", 1)]["p50"]
+        lines.append(f"added p50 at concurrency 1: {added:.2f} ms (target < 1 ms)")
+    if ("api proxy", 64) in results:
+        lines.append(f"API CPU per proxied request at concurrency 64: {results[('api proxy', 64)]['proxy_us']:.0f} µs "
+                     "(target <= 150 µs)")
     return "\n".join(lines)
 
 

@@ -11,7 +11,6 @@ from typing import Any, Iterator
 import uvicorn
 import yaml
 
-from sgp_infra.api import http_protocol
 from sgp_infra.catalog import Catalog, build_catalog, raw_from_stack_doc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,11 +57,11 @@ def make_catalog(extra_acme: int = 23, extra_other: int = 3) -> Catalog:
 
 
 @contextmanager
-def running(app: Any, *, express: bool = True, **settings: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a thread, as ``serve`` does (the inference express lane on
-    unless ``express=False``; ``settings``: more ``uvicorn.Config`` settings); yields its base URL."""
+def running(app: Any, **settings: Any) -> Iterator[str]:
+    """Serve ``app`` with plain uvicorn in a thread, as ``serve`` does (``settings``: more
+    ``uvicorn.Config`` settings); yields its base URL."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on",
-                            log_level="critical", http=http_protocol(app, express=express), **settings)
+                            log_level="critical", **settings)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

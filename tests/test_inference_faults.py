@@ -9,6 +9,7 @@ outcome.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -24,17 +25,20 @@ from test_inference_helpers import (HEADERS, FaultServer, free_port, make_app, m
                                     serve)
 
 CATALOG = make_catalog()
+#: sgp-echo with a short read timeout (the fault tests) or a short cold-start hold.
+SHORT_READ = make_catalog(inference={"sgp-echo": {"read_timeout_seconds": 0.5}})
+SHORT_HOLD = make_catalog(inference={"sgp-echo": {"cold_start_hold_seconds": 0.3}})
 FAST = dict(retries=2, backoff=0.01, wake_poll_interval=0.05)
 
 
 def settings(**overrides: Any) -> InferenceSettings:
-    model_overrides = overrides.pop("overrides", {})
-    return InferenceSettings(**{**FAST, **overrides}, overrides=model_overrides)
+    return InferenceSettings(**{**FAST, **overrides})
 
 
 @contextmanager
-def api(backends: dict[str, str], *, status: Optional[Any] = None, **kw: Any) -> Iterator[tuple[httpx.Client, Any]]:
-    app = make_app(CATALOG, backends, status=status, settings=settings(**kw))
+def api(backends: dict[str, str], *, status: Optional[Any] = None, catalog: Any = CATALOG,
+        **kw: Any) -> Iterator[tuple[httpx.Client, Any]]:
+    app = make_app(catalog, backends, status=status, settings=settings(**kw))
     with serve(app) as url, httpx.Client(base_url=url, headers=HEADERS, timeout=30) as client:
         yield client, app
 
@@ -103,7 +107,7 @@ async def _huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 ])
 def test_backend_faults_become_json_errors(behaviour: Any, status: int, kind: str) -> None:
     with FaultServer(behaviour) as url, api({"sgp-echo": url}, max_response_bytes=1024 * 1024,
-                                            overrides={"sgp-echo": {"read": 0.5}}) as (client, app):
+                                            catalog=SHORT_READ) as (client, app):
         r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"})
         body = assert_error_shape(r, status)
         assert "sgp-echo" in body["detail"]
@@ -148,10 +152,11 @@ def test_persistent_503_is_503_with_retry_after() -> None:
 
 def test_connection_refused_is_retried_then_503_with_retry_after() -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    with api({"sgp-echo": dead}, overrides={"sgp-echo": {"cold_start": 0.3}}) as (client, app):
+    with api({"sgp-echo": dead}, catalog=SHORT_HOLD) as (client, app):
         r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"})
         body = assert_error_shape(r, 503)
         assert "no ready pods" in body["detail"]
+        assert 'kind="cold_start_hold",model="sgp-echo"} 1.0' in client.get("/metrics").text
         assert r.headers["retry-after"] == "5"
         assert in_flight(app) == 0
 
@@ -235,18 +240,66 @@ def test_client_disconnect_cancels_the_upstream_request() -> None:
         assert in_flight(app) == 0
 
 
-def test_client_disconnect_cancels_a_non_streaming_request() -> None:
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for family in text_string_to_metric_families(client.get("/metrics").text)
+               for s in family.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_client_disconnect_cancels_a_non_streaming_request_and_counts_499() -> None:
     closed = threading.Event()
+    received = threading.Event()
 
     async def hang_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
+        received.set()
         await reader.read()  # returns when the API closes the upstream connection
         closed.set()
 
     with FaultServer(hang_until_eof) as url, api({"sgp-echo": url}) as (client, app):
-        with pytest.raises(httpx.ReadTimeout):
-            client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"}, timeout=0.5)
+        def call() -> None:
+            with pytest.raises(httpx.ReadTimeout):
+                client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"}, timeout=1.0)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert received.wait(20)
+        # waiting for its backend, the call is in flight: the gauge KEDA reads
+        assert metric(client, "sgp_infra_model_requests_in_flight", model="sgp-echo") == 1
+        caller.join(20)
         assert closed.wait(20), "the upstream request was not cancelled"
+        deadline = time.monotonic() + 20
+        while in_flight(app) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert metric(client, "sgp_infra_model_requests_in_flight", model="sgp-echo") == 0
+        assert metric(client, "sgp_infra_model_requests_total", model="sgp-echo", code="499") == 1
+        assert metric(client, "sgp_infra_model_errors_total", model="sgp-echo", kind="client_disconnect") == 1
+        assert metric(client, "sgp_infra_api_requests_total", status="499",
+                      route="/v4/models/{model_deployment_id}/completions") == 1
+        assert metric(client, "sgp_infra_model_errors_total", model="sgp-echo", kind="read_timeout") == 0
+
+
+def test_a_client_that_leaves_mid_body_reaches_no_backend() -> None:
+    reached = threading.Event()
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        reached.set()
+
+    with FaultServer(record) as url, api({"sgp-echo": url}) as (client, app):
+        host, port = client.base_url.host, client.base_url.port
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(b"POST /v4/models/sgp-echo/completions HTTP/1.1\r\nhost: x\r\nx-api-key: %s\r\n"
+                         b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"prompt\": "
+                         % HEADERS["x-api-key"].encode())
+            time.sleep(0.2)
+        deadline = time.monotonic() + 5
+        while metric(client, "sgp_infra_api_requests_total", status="499") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(client, "sgp_infra_api_requests_total", status="499") == 1
+        assert not reached.is_set() and in_flight(app) == 0
 
 
 # --- scale from zero ---------------------------------------------------------------------------
@@ -255,11 +308,26 @@ def test_client_disconnect_cancels_a_non_streaming_request() -> None:
 SCALED_TO_ZERO = StaticStatus(ModelStatus("ready", "scaled to zero; the first request starts a worker"))
 
 
+@contextmanager
+def demo_on(port: int) -> Iterator[None]:
+    """A demo SGP model listening on ``port`` (the model "wakes up")."""
+    import uvicorn
+
+    config = uvicorn.Config(DemoModel("SGP"), host="127.0.0.1", port=port, log_level="critical", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def test_cold_start_holds_requests_and_waiters_share_one_wake_up() -> None:
     port = free_port()
     backend_url = f"http://127.0.0.1:{port}"
-    with api({"sgp-echo": backend_url}, status=SCALED_TO_ZERO,
-             overrides={"sgp-echo": {"cold_start": 60}}) as (client, app):
+    with api({"sgp-echo": backend_url}, status=SCALED_TO_ZERO) as (client, app):
         results: list[httpx.Response] = []
 
         def call(n: int) -> None:
@@ -275,32 +343,53 @@ def test_cold_start_holds_requests_and_waiters_share_one_wake_up() -> None:
         metrics = client.get("/metrics").text
         assert 'sgp_infra_model_requests_in_flight{model="sgp-echo"} 5.0' in metrics
         assert not results
-        import uvicorn
-
-        config = uvicorn.Config(DemoModel("SGP"), host="127.0.0.1", port=port, log_level="critical", lifespan="on")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
+        with demo_on(port):
             for t in threads:
                 t.join(30)
             assert [r.status_code for r in results] == [200] * 5
             metrics = client.get("/metrics").text
             assert 'sgp_infra_model_wakeups_total{model="sgp-echo"} 1.0' in metrics
             assert 'sgp_infra_model_cold_start_wait_seconds_count{model="sgp-echo"} 5.0' in metrics
-        finally:
-            server.should_exit = True
-            thread.join(10)
+            assert 'sgp_infra_model_requests_in_flight{model="sgp-echo"} 0.0' in metrics
+
+
+def test_a_hold_ends_with_503_while_the_wake_up_goes_on_and_a_retry_joins_it() -> None:
+    """The hold (0.3 s here, 50 s by default) ends before the wake-up: 503 with Retry-After; the poll
+    goes on without any waiter, and the client's retry is held by the same wake-up, then answered."""
+    port = free_port()
+    key = CATALOG.models["sgp-echo"].object_name
+    with api({"sgp-echo": f"http://127.0.0.1:{port}"}, status=SCALED_TO_ZERO, catalog=SHORT_HOLD,
+             cold_start_margin=60) as (client, app):
+        r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"})
+        body = assert_error_shape(r, 503)
+        assert "starting" in body["detail"] and r.headers["retry-after"] == "5"
+        waker = app.state.inference.waker
+        assert waker.polling(key), "the wake-up stopped with its only waiter"
+        assert in_flight(app) == 0  # a held request counts only while it is held
+        r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"})  # held again, joins the poll
+        assert_error_shape(r, 503)
+        with demo_on(port):
+            deadline = time.monotonic() + 20
+            while not waker.recently_ok(key) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert waker.recently_ok(key), "the wake-up did not see the model come up without a waiter"
+            r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"})
+            assert r.status_code == 200, r.text
+        metrics = client.get("/metrics").text
+        assert 'sgp_infra_model_wakeups_total{model="sgp-echo"} 1.0' in metrics
+        assert 'sgp_infra_model_errors_total{kind="cold_start_hold",model="sgp-echo"} 2.0' in metrics
 
 
 def test_cold_start_timeout_is_503_with_retry_after() -> None:
+    """The wake-up's budget (readiness delay 1 s + margin) spent before the hold: the model is not coming."""
     dead = f"http://127.0.0.1:{free_port()}"
-    with api({"sgp-echo": dead}, status=SCALED_TO_ZERO, overrides={"sgp-echo": {"cold_start": 0.3}}) as (client, app):
+    with api({"sgp-echo": dead}, status=SCALED_TO_ZERO, cold_start_margin=0.2) as (client, app):
         r = client.post("/v4/models/sgp-echo/completions", json={"prompt": "x"})
-        assert "did not become ready within 0.3 s" in assert_error_shape(r, 503)["detail"]
-        assert r.headers["retry-after"]
+        assert "did not become ready within 1.2 s" in assert_error_shape(r, 503)["detail"]
+        assert r.headers["retry-after"] == "5"
         assert in_flight(app) == 0
         assert 'kind="cold_start_timeout",model="sgp-echo"} 1.0' in client.get("/metrics").text
+        assert not app.state.inference.waker.polling(CATALOG.models["sgp-echo"].object_name)
 
 
 # --- in-flight cap ---------------------------------------------------------------------------------
@@ -339,20 +428,14 @@ def test_requests_beyond_per_worker_times_max_workers_get_429() -> None:
 
 
 def test_stream_closes_the_backend_response_when_the_client_leaves_before_the_first_chunk() -> None:
-    """The chunk generator never starts, so only ``on_close`` can close the backend response."""
-    from sgp_infra.api.inference.routes import _stream_response
+    """The chunk generator never starts, so only the call's own clean-up can close the backend response."""
+    from sgp_infra.api.inference.call import InferenceCall, Streamed
 
-    class FakeUpstream:
+    class FakeAnswer:
         closed = 0
 
-        async def aclose(self) -> None:
-            FakeUpstream.closed += 1
-
-    class FakeSlot:
-        finished: list[tuple[int, Optional[str]]] = []
-
-        def finish(self, code: int, kind: Optional[str] = None) -> None:
-            self.finished.append((code, kind))
+        def close(self) -> None:
+            FakeAnswer.closed += 1
 
     started = False
 
@@ -361,18 +444,30 @@ def test_stream_closes_the_backend_response_when_the_client_leaves_before_the_fi
         started = True
         yield b"data: {}\n\n"
 
-    async def scenario() -> None:
-        stream = _stream_response(FakeSlot(), FakeUpstream(), chunks(), "text/event-stream")  # type: ignore[arg-type]
+    async def scenario() -> tuple[float, float]:
+        app = make_app(CATALOG, {})
+        gateway = app.state.inference
+        model = CATALOG.models["sgp-echo"]
+
+        async def work() -> Streamed:
+            return Streamed(FakeAnswer(), chunks(), "text/event-stream")  # type: ignore[arg-type]
 
         async def receive() -> dict[str, Any]:
+            await asyncio.sleep(0.05)  # the work answers first, then the client is gone
             return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
             await asyncio.Event().wait()  # the client is gone: nothing is ever written
 
-        await stream({"type": "http"}, receive, send)
+        await InferenceCall(gateway, model, "completion", work)({"type": "http"}, receive, send)
+        registry = app.state.metrics.registry
+        counted = registry.get_sample_value("sgp_infra_model_requests_total",
+                                            {"model": model.object_name, "operation": "completion", "code": "499"})
+        gone = registry.get_sample_value("sgp_infra_model_errors_total",
+                                         {"model": model.object_name, "kind": "client_disconnect"})
+        return counted or 0.0, gone or 0.0
 
-    asyncio.run(scenario())
+    counted, gone = asyncio.run(scenario())
     assert not started
-    assert FakeUpstream.closed == 1
-    assert FakeSlot.finished == [(499, "client_disconnect")]
+    assert FakeAnswer.closed == 1
+    assert (counted, gone) == (1, 1)

@@ -65,7 +65,9 @@ MODELS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def make_catalog(extra_models: Optional[dict[str, Any]] = None) -> Catalog:
+def make_catalog(extra_models: Optional[dict[str, Any]] = None,
+                 inference: Optional[dict[str, dict[str, Any]]] = None) -> Catalog:
+    """The test catalogue; ``inference`` sets models' ``inference`` extension by name (timeouts, hold)."""
     templates = {
         "sgp-completion": _template("SGP", "COMPLETION", "/predict", "/generate_streaming", SGP_PARAMS),
         "sgp-chat": _template("SGP", "CHAT_COMPLETION", "/predict", "/generate_streaming", SGP_PARAMS),
@@ -91,6 +93,8 @@ def make_catalog(extra_models: Optional[dict[str, Any]] = None) -> Catalog:
                                                "required": ["prompt"]}},
             "model_infra": {"cpus": 1, "memory": "1Gi", "min_workers": 0, "max_workers": 4, "per_worker": 64}}}
     models.update(extra_models or {})
+    for name, options in (inference or {}).items():
+        models[name] = {**models[name], "inference": options}
     raw = {"accountId": ACCOUNT, "namespace": "sgp-test", "gpuProfile": "eks", "templates": templates,
            "models": models, "modelGroups": {}}
     return build_catalog(raw)
@@ -128,9 +132,10 @@ def make_app(catalog: Catalog, backends: dict[str, str], *, status: Optional[Sta
              settings: Optional[InferenceSettings] = None) -> Any:
     app = create_app(catalog, api_keys=API_KEYS, status_source=status or StaticStatus(), backends=backends)
     if settings is not None:  # replace the gateway's settings before the first request
-        app.state.inference.settings = settings
-        app.state.inference.forwarder.settings = settings
-        app.state.inference.waker.poll_interval = settings.wake_poll_interval
+        gateway = app.state.inference
+        gateway.settings = gateway.upstream.settings = settings
+        gateway.waker.poll_interval = settings.wake_poll_interval
+        gateway.waker.fresh_for = settings.ready_fresh_for
     return app
 
 

@@ -255,3 +255,89 @@ def test_v5_client_inference_and_models(v5: scale_gp_beta.SGPClient) -> None:
     assert names == sorted(n for n, m in CATALOG.models.items()
                            if m.model_type in ("COMPLETION", "CHAT_COMPLETION"))
     assert all(m.api_model_vendor == "launch" and m.api_model_availability == "available" for m in models.items)
+
+
+# --- deeply nested JSON: a 400 on every route, never a 500 -----------------------------------------
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _routes(http: httpx.Client) -> dict[str, tuple[str, str]]:
+    """Each inference route → (path, a JSON body template with ``NEST`` where the nesting goes)."""
+    model = CATALOG.models["sgp-echo"]
+    dep = http.get(f"/v4/models/{model.id}/deployments").json()["items"][0]["id"]
+    return {
+        "v4 completions": ("/v4/models/sgp-echo/completions", '{"prompt": "x", "extra": NEST}'),
+        "v4 chat": ("/v4/models/sgp-chat/chat-completions", '{"prompt": "x", "chat_history": [], "extra": NEST}'),
+        "v4 embeddings": ("/v4/models/sgp-embed/embeddings", '{"texts": ["a"], "extra": NEST}'),
+        "v4 rerankings": ("/v4/models/sgp-rerank/rerankings", '{"query": "a", "chunks": ["a"], "extra": NEST}'),
+        "v4 execute": (f"/v4/models/{model.id}/deployments/{dep}/execute", '{"prompt": "x", "extra": NEST}'),
+        "v5 chat": ("/v5/chat/completions",
+                    '{"model": "launch/vllm-chat", "messages": [{"role": "user", "content": NEST}]}'),
+        "v5 completions": ("/v5/completions", '{"model": "launch/vllm-cmpl", "prompt": "x", "extra": NEST}'),
+        "v5 inference": ("/v5/inference", '{"model": "launch/v5-generic", "args": {"prompt": NEST}}'),
+    }
+
+
+@pytest.mark.parametrize("depth", [100, 300, 5000])
+def test_deeply_nested_json_is_400_on_every_inference_route(http: httpx.Client, depth: int) -> None:
+    """100 parses and re-encodes; 300 parses but is over the JSON encoder's limit; 5000 is over the parser's."""
+    for name, (path, template) in _routes(http).items():
+        r = http.post(path, content=template.replace("NEST", _nested(depth)),
+                      headers={"content-type": "application/json"})
+        assert r.status_code == 400, (name, depth, r.text[:300])
+        assert r.json()["error"] == "bad_request" and "nested deeper than 64 levels" in r.json()["detail"]
+
+
+def test_nesting_within_the_limit_is_forwarded(http: httpx.Client) -> None:
+    r = http.post("/v4/models/sgp-echo/completions", content='{"prompt": "x", "extra": %s}' % _nested(60),
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+def test_json_depth_check() -> None:
+    from sgp_infra.api.inference.routes import decode_body, json_depth_over
+
+    assert not json_depth_over({"a": [[1]]}, 3) and json_depth_over({"a": [[[1]]]}, 3)
+    assert not json_depth_over({"a": "[[[[[[[["}, 2)  # brackets in strings do not count
+    assert decode_body(b'{"a": "[[[[[[[[[["}', max_depth=2) == {"a": "[[[[[[[[[["}
+    assert decode_body(b"") == {}
+
+
+# --- accounting --------------------------------------------------------------------------------------
+
+
+def test_calls_are_counted_by_route_template_and_model(http: httpx.Client) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def value(name: str, **labels: str) -> float:
+        for family in text_string_to_metric_families(http.get("/metrics").text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        return 0.0
+
+    route = "/v4/models/{model_deployment_id}/embeddings"
+    api_before = value("sgp_infra_api_requests_total", method="POST", route=route, status="200")
+    model_before = value("sgp_infra_model_requests_total", model="sgp-embed", operation="embedding", code="200")
+    assert http.post("/v4/models/sgp-embed/embeddings", json={"texts": ["a"]}).status_code == 200
+    assert value("sgp_infra_api_requests_total", method="POST", route=route, status="200") == api_before + 1
+    assert value("sgp_infra_model_requests_total", model="sgp-embed", operation="embedding",
+                 code="200") == model_before + 1
+    assert value("sgp_infra_model_upstream_latency_seconds_count", model="sgp-embed") >= 1
+    assert value("sgp_infra_model_requests_in_flight", model="sgp-embed") == 0
+
+
+def test_a_chunked_body_over_the_limit_is_413(base_url: str) -> None:
+    def body() -> Iterator[bytes]:
+        yield b'{"prompt": "'
+        for _ in range(17):
+            yield b"x" * (1024 * 1024)
+        yield b'"}'
+
+    with httpx.Client(base_url=base_url, headers=HEADERS, timeout=30) as client:
+        r = client.post("/v4/models/sgp-echo/completions", content=body(),
+                        headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]

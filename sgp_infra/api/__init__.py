@@ -1,5 +1,5 @@
 """The SGP v4/v5 catalogue API service (``create_app``); see ``app.py``."""
 
-from .app import create_app, http_protocol
+from .app import create_app
 
-__all__ = ["create_app", "http_protocol"]
+__all__ = ["create_app"]

@@ -13,9 +13,10 @@ Extension points (for inference routing, ``sgp_infra.api.inference``):
   (precomputed bodies, ``index.model(name_or_id_or_deployment_id)``);
   ``app.state.status`` — the status source; ``app.state.backends`` — an
   optional ``{model name or object name: base URL}`` override of the in-cluster
-  Service URLs; ``app.state.metrics.registry`` — the Prometheus registry that
-  ``/metrics`` serves; ``app.state.stack`` — the stack name, if known;
-  ``app.state.config_file`` — the stack file read, if no stack name is known.
+  Service URLs; ``app.state.metrics.registry`` — the Prometheus registry to register
+  metrics on (``/metrics`` serves it, or all workers' values in
+  prometheus_client's multiprocess mode: ``metrics.exposition_registry``); ``app.state.stack`` — the stack
+  name, if known; ``app.state.config_file`` — the stack file read, if no stack name is known.
 * ``auth.caller`` — dependency returning the :class:`~sgp_infra.api.auth.Caller`
   (401/403 as JSON); ``common.visible_model(request, caller, ref)`` — the
   caller's model by name, id or deployment id, else a 404 ``ApiError``.
@@ -25,25 +26,18 @@ Extension points (for inference routing, ``sgp_infra.api.inference``):
   ASYNC models (``None`` without any); ``api.tasks.enqueue_and_wait`` is the
   hook an inference route calls for an ASYNC model.
 * If ``sgp_infra.api.inference`` exists, its ``router`` is included after
-  the catalogue routes and its optional ``install(app)`` is called once.  Its
-  optional ``FastPath`` ASGI middleware class is added innermost (inside
-  ``MetricsMiddleware`` and the 500 handler) with ``api=app``: it answers
-  the inference ``POST`` routes without FastAPI's router and dependency
-  injection, and hands every other request on unchanged.
+  the catalogue routes and its optional ``install(app)`` is called once.
 """
 
 from __future__ import annotations
 
 import importlib
-import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Mapping, Optional
 
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.applications import Starlette
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from ..catalog import Catalog
 from ..catalog.settings import ApiLimits
@@ -65,41 +59,6 @@ path to edit: the catalogue has one source of truth.
 """
 
 
-class ServiceApp(FastAPI):
-    """FastAPI, with its per-request OpenTelemetry check made at most once a second.
-
-    FastAPI's ``__call__`` asks, on every request, whether a global
-    OpenTelemetry tracer, meter or logger provider is configured (three
-    provider look-ups, each reading the environment): about 5 µs, a few
-    percent of a proxied inference request.  The answer only changes when a
-    provider is installed, so it is refreshed once a second here.  While no
-    provider is configured, a request goes exactly where FastAPI sends it then
-    (Starlette's ``__call__``); otherwise FastAPI's own ``__call__`` handles
-    it, telemetry included.
-    """
-
-    _otel_on = True
-    _otel_next = 0.0
-
-    def telemetry_on(self) -> bool:
-        """Whether FastAPI's OpenTelemetry wrapper would trace a request now (asked at most once a second)."""
-        native = getattr(self, "_native_telemetry", None)
-        if native is None:
-            return False
-        now = time.monotonic()
-        if now >= self._otel_next:
-            self._otel_on = bool(native.enabled())
-            self._otel_next = now + 1.0
-        return self._otel_on
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if getattr(self, "_native_telemetry", None) is not None and scope["type"] == "http" \
-                and not self.root_path and "fastapi.telemetry" not in scope and not self.telemetry_on():
-            await Starlette.__call__(self, scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
-
-
 def _inference_module() -> Any:
     try:
         return importlib.import_module(f"{__package__}.inference")
@@ -107,16 +66,6 @@ def _inference_module() -> Any:
         if exc.name == f"{__package__}.inference":
             return None
         raise
-
-
-def http_protocol(app: FastAPI, *, express: bool = True) -> Any:
-    """uvicorn's ``http`` setting for ``app``: the inference express lane's protocol when the app
-    routes inference and ``express`` is on, else uvicorn's own httptools protocol."""
-    inference = _inference_module()
-    factory = getattr(inference, "express_protocol", None)
-    if express and factory is not None and getattr(getattr(app, "state", None), "inference", None) is not None:
-        return factory(app)
-    return "httptools"
 
 
 def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
@@ -151,7 +100,7 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
                 await app.state.tasks.stop()
             await status.stop()
 
-    app = ServiceApp(title="sgp-infra catalogue API", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="sgp-infra catalogue API", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     metrics = Metrics()
     app.state.catalog = catalog
     app.state.index = CatalogIndex(catalog)
@@ -165,10 +114,6 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     app.state.v5_page_cache = {}
     install_error_handlers(app)
     inference = _inference_module() if include_inference else None
-    fast_path = getattr(inference, "FastPath", None)
-    if fast_path is not None:
-        # Added first, so it sits inside MetricsMiddleware (added next, outermost).
-        app.add_middleware(fast_path, api=app)
     install_limits(app, limits)  # before MetricsMiddleware, so that counts the requests the guard rejects
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -184,7 +129,7 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics.exposed()), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(routes_v4.router)
     app.include_router(routes_v5.router)

@@ -8,17 +8,21 @@ the ``unmatched`` label.
 
 Each app has its own :class:`CollectorRegistry` (``app.state.metrics.registry``);
 other parts of the service (inference routing) register their metrics on it so
-``/metrics`` shows everything.
+``/metrics`` shows everything.  With ``PROMETHEUS_MULTIPROC_DIR`` set (several
+worker processes), prometheus_client keeps every value in files in that
+directory and ``/metrics`` serves :func:`exposition_registry`: a
+``MultiProcessCollector`` over all the workers' files.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .series import CounterSeries, HistogramSeries
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -26,17 +30,32 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        # Plain-number series, not prometheus_client's Counter and Histogram: see ``series``.
-        self.requests = CounterSeries("sgp_infra_api_requests_total", "HTTP requests answered, by route and status",
-                                      ["method", "route", "status"], registry=self.registry)
-        self.latency = HistogramSeries("sgp_infra_api_request_duration_seconds",
-                                       "Time to answer a request, by route", ["method", "route"], BUCKETS,
-                                       registry=self.registry)
+        self.requests = Counter("sgp_infra_api_requests_total", "HTTP requests answered, by route and status",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("sgp_infra_api_request_duration_seconds", "Time to answer a request, by route",
+                                 ["method", "route"], registry=self.registry, buckets=BUCKETS)
+        self._exposed = exposition_registry(self.registry)
+
+    def exposed(self) -> CollectorRegistry:
+        """The registry ``/metrics`` serves: see :func:`exposition_registry`."""
+        return self._exposed
 
     def record(self, method: str, path: str, route: str, status: int, elapsed: float) -> None:
-        """Count one answered request and observe its latency."""
-        self.requests.inc((method, route, status))
-        self.latency.observe((method, route), elapsed)
+        """Count one answered request and observe its latency (the access line is ``access_log``'s)."""
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(elapsed)
+
+
+def exposition_registry(registry: CollectorRegistry) -> CollectorRegistry:
+    """What ``/metrics`` shows: ``registry`` itself, or, in prometheus_client's multiprocess mode
+    (``PROMETHEUS_MULTIPROC_DIR`` set), every worker's values merged from that directory (counters and
+    histograms summed, the in-flight gauge summed over live workers)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return registry
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged, path=path)
+    return merged
 
 
 def _route_of(scope: Scope) -> str:

@@ -3,10 +3,16 @@ scale-from-zero holds, limits and metrics.
 
 ``create_app`` calls :func:`install` once (it builds the per-app
 :class:`~.gateway.Gateway` and closes its connection pool at shutdown) and
-includes :data:`router`; :class:`~.fast.FastPath` serves the ``POST``
-routes ahead of FastAPI's router (same endpoints); :func:`~.express.express_protocol`
-gives uvicorn the protocol that answers non-streamed typed calls without the
-ASGI stack.  See ``docs/inference.md``.
+includes :data:`router`.  See ``docs/inference.md``.
+
+Modules, in the order a call walks through them:
+
+* :mod:`.routes`: the FastAPI routes (auth dependency, body, checks);
+* :mod:`.call`: the answer to one call (admission, disconnects, reply, accounting);
+* :mod:`.gateway`: the call's dealings with its model (hold, destination, retries);
+* :mod:`.upstream`: the pooled aiohttp client and its error mapping; :mod:`.decoding`: bounded decompression;
+* :mod:`.protocols`: SGP / VLLM / COHERE translation (pure); :mod:`.streams`: stream events;
+* :mod:`.wake`: cold-start holds; :mod:`.settings`: limits and timeouts; :mod:`.metrics`: Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -16,20 +22,18 @@ from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI
 
-from .express import express_protocol
-from .fast import FastPath
 from .gateway import Gateway
 from .metrics import InferenceMetrics
 from .routes import router
-from .settings import InferenceSettings, settings_from_env
+from .settings import InferenceSettings
 
-__all__ = ["router", "install", "FastPath", "Gateway", "InferenceSettings", "express_protocol"]
+__all__ = ["router", "install", "Gateway", "InferenceSettings"]
 
 
 def install(app: FastAPI, settings: Optional[InferenceSettings] = None) -> Gateway:
     """Attach the inference gateway to ``app`` (``app.state.inference``)."""
     state = app.state
-    settings = settings or getattr(state, "inference_settings", None) or settings_from_env()
+    settings = settings or getattr(state, "inference_settings", None) or InferenceSettings()
     metrics = InferenceMetrics(state.metrics.registry)
     gateway = Gateway(settings, metrics, state.status, getattr(state, "backends", {}) or {},
                       state.catalog.settings.namespace)

@@ -51,6 +51,7 @@ class EventSplitter:
                 yield event
         self._buf = buf[start:]
         if len(self._buf) > self.max_event:
+            self._buf = b""  # not kept alive by the error's traceback
             raise EventTooLarge(f"a stream event is larger than {self.max_event} bytes")
 
     def flush(self) -> Iterator[Event]:

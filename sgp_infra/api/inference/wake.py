@@ -1,10 +1,13 @@
 """Scale from zero: hold requests while a model with no ready pods wakes up.
 
 A held request already counts in the in-flight gauge, which is what the KEDA
-trigger reads, so holding it *is* the wake-up signal.  Meanwhile one poll task
-per model (shared by every waiter) checks readiness until the model is up or
-the cold-start budget is spent; waiters that give up (timeout, disconnect) just
-stop waiting, and the task stops when nobody waits any more.
+trigger reads, so holding it *is* the wake-up signal.  One poll task per model
+(shared by every waiter) checks readiness until the model is up or its
+cold-start budget is spent.  A waiter waits at most its hold (the model's
+``cold_start_hold_seconds``, 50 s by default: below the official clients' 60 s
+timeout) and then gets a 503 with ``Retry-After``; the poll goes on without it,
+for the whole budget, so the client's own retry joins the same wake-up and
+lands on a warm model.
 
 Readiness has two sources, either is enough:
 
@@ -43,7 +46,6 @@ class Waker:
         self.poll_interval = poll_interval
         self.fresh_for = fresh_for
         self._tasks: dict[str, asyncio.Task[bool]] = {}
-        self._waiters: dict[str, int] = {}
         self._ok_until: dict[str, float] = {}
 
     def mark_ok(self, key: str) -> None:
@@ -61,31 +63,44 @@ class Waker:
         task = self._tasks.get(key)
         return task is not None and not task.done()
 
-    async def wait(self, key: str, ready_now: Callable[[], bool], probe: Probe, timeout: float,
-                   on_start: Optional[Callable[[], None]] = None) -> bool:
-        """Wait until the model is ready (``True``) or ``timeout`` passes (``False``)."""
+    async def wait(self, key: str, ready_now: Callable[[], bool], probe: Probe, hold: float, budget: float,
+                   on_start: Optional[Callable[[], None]] = None) -> Optional[bool]:
+        """Wait for the model's wake-up, at most ``hold`` seconds.
+
+        ``True``: the model is ready; ``False``: the wake-up spent its
+        ``budget`` without the model becoming ready; ``None``: the hold ended
+        first (the wake-up goes on).  A wake-up already under way is joined;
+        otherwise one starts, polling for at most ``budget`` seconds.
+        """
         task = self._tasks.get(key)
         if task is None or task.done():
-            task = asyncio.create_task(self._poll(key, ready_now, probe), name=f"wake-{key}")
+            task = asyncio.ensure_future(self._poll(key, ready_now, probe, budget))
             self._tasks[key] = task
+            task.add_done_callback(lambda t, k=key: self._forget(k, t))
             if on_start is not None:
                 on_start()
-        self._waiters[key] = self._waiters.get(key, 0) + 1
         try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout)
+            # shield: a waiter that gives up (hold over, client gone) leaves the poll running.
+            return await asyncio.wait_for(asyncio.shield(task), hold)
         except asyncio.TimeoutError:
-            return False
-        finally:
-            self._waiters[key] -= 1
-            if self._waiters[key] == 0 and not task.done():
-                task.cancel()
+            return None
 
-    async def _poll(self, key: str, ready_now: Callable[[], bool], probe: Probe) -> bool:
+    def _forget(self, key: str, task: "asyncio.Task[bool]") -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed poll is "not ready", never an unhandled error
+
+    async def _poll(self, key: str, ready_now: Callable[[], bool], probe: Probe, budget: float) -> bool:
+        deadline = time.monotonic() + budget
         while True:
             if ready_now() or await self._probe(probe):
                 self.mark_ok(key)
                 return True
-            await asyncio.sleep(self.poll_interval)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(self.poll_interval, left))
 
     @staticmethod
     async def _probe(probe: Probe) -> bool:
@@ -95,9 +110,10 @@ class Waker:
             return False
 
     async def close(self) -> None:
-        for task in self._tasks.values():
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        for task in self._tasks.values():
+        for task in tasks:
             try:
                 await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
