@@ -151,9 +151,6 @@ def test_two_workers_answer_requests_and_metrics_and_the_metrics_dir_is_removed(
     assert not os.path.exists(metrics_dir)
 
 
-@pytest.mark.xfail(reason="needs the request metrics on prometheus_client's multiprocess mode (issue 14, the "
-                          "inference helper's part); remove this marker once /metrics sums the workers",
-                   strict=False)
 def test_metrics_sum_the_workers() -> None:
     port = free_port()
     proc = _start(port, "--workers", "2")

@@ -126,7 +126,7 @@ def test_callback_url_called_once_with_the_final_state(tmp_path: Path, broker: L
 
     receiver = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
     app = stack.app(broker.url)
-    with running(receiver, express=False) as hook_url, running(app) as url, \
+    with running(receiver) as hook_url, running(app) as url, \
             httpx.Client(base_url=url, timeout=30) as client, forwarders(stack.path, backend.url, broker.url):
         wait_api_ready(app)
         task_id = post(client, {"echo": "cb"}, callback_url=f"{hook_url}/hook").json()["task_id"]

@@ -75,15 +75,26 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self.metrics.record(scope["method"], scope["path"], _route_of(scope), status,
+                                    time.perf_counter() - start)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Counted before the last bytes go out: a client that reads /metrics right after its
+                # answer sees its own request counted.
+                record()
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.metrics.record(scope["method"], scope["path"], _route_of(scope), status,
-                                time.perf_counter() - start)
+            record()  # no complete answer (an error, a client that left): counted as what was sent, else 500
