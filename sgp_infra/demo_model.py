@@ -157,7 +157,7 @@ class DemoModel:
         else:
             await _json(send, 200, result)
 
-    async def _send_stream(self, send: Send, stream: "_Stream") -> None:
+    async def _send_stream(self, send: Send, stream: _Stream) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", stream.media_type.encode()), (b"cache-control", b"no-cache")]})
         for n, chunk in enumerate(stream.chunks):
@@ -190,7 +190,7 @@ class DemoModel:
                     "prompt_tokens": _tokens(prompt), "response_tokens": _tokens(text)}
         return {"echo": req, "model": self.name}
 
-    def sgp_stream(self, req: dict[str, Any]) -> "_Stream":
+    def sgp_stream(self, req: dict[str, Any]) -> _Stream:
         prompt = _str(req, "prompt")
         pieces = words(self.echo(prompt))
         events = []

@@ -49,7 +49,7 @@ class Server:
         self.closed = 0
         self.requests: list[bytes] = []
 
-    async def __aenter__(self) -> "Server":
+    async def __aenter__(self) -> Server:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
             try:

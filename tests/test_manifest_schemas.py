@@ -11,7 +11,7 @@ example stacks to any valid generated catalogue.
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def keda_validator(version: str = "v1alpha1") -> jsonschema.protocols.Validator:
     path = KEDA_SCHEMAS / "keda.sh_scaledobjects.yaml"
     crd = yaml.safe_load(path.read_text())

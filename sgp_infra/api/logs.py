@@ -136,7 +136,7 @@ class _Batch:
 
 
 _batches = threading.local()
-_every_batch: "weakref.WeakSet[_Batch]" = weakref.WeakSet()
+_every_batch: weakref.WeakSet[_Batch] = weakref.WeakSet()
 
 
 def _batch() -> _Batch:

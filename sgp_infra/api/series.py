@@ -61,7 +61,7 @@ class _Series(Collector):
         return Metric(self.name, self.documentation, self.kind)
 
     def _labels(self, labels: Labels) -> dict[str, str]:
-        return dict(zip(self.labelnames, map(str, labels)))
+        return dict(zip(self.labelnames, map(str, labels), strict=True))
 
     def describe(self) -> Iterator[Metric]:
         """The family without samples: what registration needs to check for name clashes."""
@@ -144,7 +144,7 @@ class HistogramSeries(_Series):
             counts = list(counts)
             shown = self._labels(labels)
             total = 0.0
-            for le, n in zip(self._le, counts):
+            for le, n in zip(self._le, counts, strict=False):  # counts[-1] is the sum, not a bucket
                 total += n
                 family.add_sample(name + "_bucket", {**shown, "le": le}, total)
             family.add_sample(name + "_count", shown, total)

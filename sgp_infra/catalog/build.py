@@ -307,7 +307,8 @@ class _Builder:
             name=name, id=mid, account_id=acc, api_version="v5", spec=spec, object_name=object_name(name),
             model_type=spec.model_type, model_vendor=spec.model_vendor, template=None, group=group,
             image=f"{img.registry}/{img.repository}:{img.tag}",
-            command=tuple(img.command), streaming_command=tuple(img.streaming_command) if img.streaming_command else None,
+            command=tuple(img.command),
+            streaming_command=tuple(img.streaming_command) if img.streaming_command else None,
             env={k: render_value(v) for k, v in img.env_vars.items()},
             healthcheck_route=img.healthcheck_route, predict_route=img.predict_route,
             streaming_predict_route=img.streaming_predict_route,
@@ -348,16 +349,16 @@ class _Builder:
                         self.error(path, f"no model named or with id '{ref}'")
                     continue
                 assign(member, gname, path)
-        for mname, spec in models.items():
-            ref = getattr(spec, "model_group_id", None)
-            if ref is None:
+        for mname, model_spec in models.items():
+            group_ref: Optional[str] = getattr(model_spec, "model_group_id", None)
+            if group_ref is None:
                 continue
-            group = ref if ref in groups else by_id.get(ref)
+            group = group_ref if group_ref in groups else by_id.get(group_ref)
             path = config_path("models", mname, "model_group_id")
             if group is None:
-                if ref not in failed_groups:
+                if group_ref not in failed_groups:
                     known = ", ".join(sorted(groups)) or "none"
-                    self.error(path, f"no model group named or with id '{ref}' (groups: {known})")
+                    self.error(path, f"no model group named or with id '{group_ref}' (groups: {known})")
                 continue
             assign(mname, group, path)
         return out

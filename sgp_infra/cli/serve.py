@@ -12,11 +12,12 @@ keys.
 from __future__ import annotations
 
 import argparse
+import difflib
 import ipaddress
 import os
 import socket
 import sys
-from typing import Optional
+from typing import Mapping, Optional
 
 from ..catalog import Catalog
 from .common import EXIT_USAGE, add_source_args, try_load
@@ -72,6 +73,25 @@ def backend_arg(text: str) -> tuple[str, str]:
     if not sep or not name or not url.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"expected MODEL=http://host:port, got {text!r}")
     return name, url.rstrip("/")
+
+
+def unknown_backend_error(catalog: Catalog, backends: Mapping[str, str]) -> Optional[str]:
+    """The error for ``--backend`` names that match no model (by name or object name), else ``None``.
+
+    Checked before serving because a misspelt name is otherwise accepted
+    silently: the model keeps its in-cluster Service URL, which does not
+    resolve outside a cluster, and its calls hang.
+    """
+    known = {m.name for m in catalog.models.values()} | {m.object_name for m in catalog.models.values()}
+    unknown = [name for name in backends if name not in known]
+    if not unknown:
+        return None
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(catalog.models), n=1)
+        hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    models = ", ".join(sorted(catalog.models)) or "none"
+    return f"--backend names no model of the catalogue: {', '.join(hints)}; its models: {models}"
 
 
 def is_loopback(host: str) -> bool:
@@ -166,10 +186,14 @@ def run(args: argparse.Namespace) -> int:
     catalog, code = try_load(args)
     if catalog is None:
         return code
+    backends: dict[str, str] = dict(args.backends)
+    problem = unknown_backend_error(catalog, backends)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     keys = resolve_keys(catalog, args.host)
     if keys is None:
         return EXIT_USAGE
-    backends: dict[str, str] = dict(args.backends)
     status = build_status(args.status, catalog, args.namespace, backends)
     app = create_app(catalog, api_keys=keys, status_source=status, stack=args.stack, backends=backends)
     configure_json_logging(access_log=args.access_log)
