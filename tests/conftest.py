@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import warnings
 from typing import Iterator
 
 import pytest
@@ -25,8 +26,11 @@ def main_thread_event_loop() -> Iterator[None]:
     reported as unclosed (a ResourceWarning, an error in this suite).
     """
     try:
-        loop = asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
+        with warnings.catch_warnings():
+            # 3.12+ warn (and would make a loop) when there is none: make it here instead, on every version.
+            warnings.simplefilter("error", DeprecationWarning)
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+    except (RuntimeError, DeprecationWarning):
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
     for old in _made:

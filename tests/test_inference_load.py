@@ -75,6 +75,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(10)
+            if proc.stderr is not None:
+                proc.stderr.close()
 
 
 async def _round(base: str, n: int) -> dict[int, int]:
