@@ -15,4 +15,4 @@ RUN groupadd --gid 10001 sgp && useradd --uid 10001 --gid 10001 --no-create-home
 USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["python", "-m", "sgp_infra"]
-CMD ["serve", "--config-file", "/etc/sgp-infra/catalog.yaml", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["serve", "--config-file", "/etc/sgp-infra/catalog.json", "--host", "0.0.0.0", "--port", "8080"]

@@ -2,8 +2,8 @@
 
 Not a test (nothing here asserts timing).  Run from the repository root:
 
-    .venv/bin/python bench/bench_api.py                  # 10 s per endpoint, 16 connections
-    .venv/bin/python bench/bench_api.py --seconds 5 --connections 8
+    venv/bin/python bench/bench_api.py                  # 10 s per endpoint, 16 connections
+    venv/bin/python bench/bench_api.py --seconds 5 --connections 8
 
 One uvicorn server (a subprocess, one worker) serves the real app for a
 generated 1,000-model catalogue, plus ``/bench/bare``: a handler on the same

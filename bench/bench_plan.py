@@ -2,8 +2,8 @@
 
 Not a test (nothing here asserts timing).  Run from the repository root:
 
-    .venv/bin/python bench/bench_plan.py            # 10, 100, 1000 models
-    .venv/bin/python bench/bench_plan.py --sizes 10 100 --repeat 5
+    venv/bin/python bench/bench_plan.py            # 10, 100, 1000 models
+    venv/bin/python bench/bench_plan.py --sizes 10 100 --repeat 5
 
 Method.  Both measurements compare the library with the program or script a
 person would write by hand to produce the same result, in the same process,
@@ -291,8 +291,8 @@ def bare_program(rows: list[dict[str, Any]], namespace: str, prometheus: str,
             timeout = f"{r['delay'] + 600}s"
             k8s.apps.v1.Deployment(f"sgp-infra-{n}-deployment", metadata={
                 "name": n, "namespace": namespace, "labels": dict(labels), "annotations": dict(annotations)},
-                spec=spec, opts=pulumi.ResourceOptions(parent=ep, depends_on=[ns], custom_timeouts=pulumi.CustomTimeouts(
-                    create=timeout, update=timeout)))
+                spec=spec, opts=pulumi.ResourceOptions(
+                    parent=ep, depends_on=[ns], custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout)))
             k8s.core.v1.Service(f"sgp-infra-{n}-service", metadata={
                 "name": n, "namespace": namespace, "labels": dict(labels), "annotations": dict(annotations)},
                 spec={"type": "ClusterIP", "selector": dict(selector),
@@ -311,7 +311,8 @@ def bare_program(rows: list[dict[str, Any]], namespace: str, prometheus: str,
                             "ignoreNullValues": "true"}}]}, opts=child)
             if r["max"] > 1:
                 k8s.policy.v1.PodDisruptionBudget(f"sgp-infra-{n}-poddisruptionbudget", metadata=dict(meta),
-                                                  spec={"maxUnavailable": 1, "selector": {"matchLabels": dict(selector)}},
+                                                  spec={"maxUnavailable": 1,
+                                                        "selector": {"matchLabels": dict(selector)}},
                                                   opts=child)
             # The same component outputs and exports as the library's program.
             url = pulumi.Output.from_input(f"http://{n}.{namespace}.svc.cluster.local")
@@ -480,7 +481,7 @@ def measure(repeat: int, run: Callable[[str], float]) -> dict[str, list[float]]:
 
 def report(label: str, times: dict[str, list[float]]) -> None:
     lib, nofreeze, bare = (statistics.median(times[s]) for s in SIDES)
-    pairs = [a / b for a, b in zip(times["library"], times["bare"])]
+    pairs = [a / b for a, b in zip(times["library"], times["bare"], strict=True)]
     print(f"{label:<24}{lib:>10.3f}{nofreeze:>12.3f}{bare:>9.3f}{lib / bare:>8.2f}x"
           f"{nofreeze / bare:>11.2f}x   {min(pairs):.2f}-{max(pairs):.2f}", flush=True)
 

@@ -1,7 +1,7 @@
 """Benchmark the API's inference proxy against calling the backend directly and
 against nginx as a reverse proxy, all in front of the same demo backend.
 
-    .venv/bin/python bench/bench_proxy.py [--seconds 5] [--generator auto|wrk|aiohttp]
+    venv/bin/python bench/bench_proxy.py [--seconds 5] [--generator auto|wrk|aiohttp]
 
 Starts, on loopback ports: a demo model (``python -m sgp_infra demo-model``);
 the API (``python -m sgp_infra serve --status none --backend ...``) three ways:

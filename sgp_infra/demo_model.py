@@ -185,7 +185,7 @@ class DemoModel:
         else:
             await _json(send, 200, result)
 
-    async def _send_stream(self, send: Send, stream: "_Stream") -> None:
+    async def _send_stream(self, send: Send, stream: _Stream) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", stream.media_type.encode()), (b"cache-control", b"no-cache")]})
         for n, chunk in enumerate(stream.chunks):
@@ -222,7 +222,7 @@ class DemoModel:
         """A route that is both a model's predict and streaming route: the body's ``stream`` decides."""
         return self.sgp_stream(req) if req.get("stream") is True else self.sgp_predict(req)
 
-    def sgp_stream(self, req: dict[str, Any]) -> "_Stream":
+    def sgp_stream(self, req: dict[str, Any]) -> _Stream:
         prompt = _str(req, "prompt")
         pieces = words(self.echo(prompt))
         events = []

@@ -44,7 +44,8 @@ def v4_model(**overrides: Any) -> dict[str, Any]:
 
 
 def v5_model(**infra: Any) -> dict[str, Any]:
-    model_infra = {"gpus": 1, "gpu_type": "nvidia-ampere-a10", "min_workers": 0, "max_workers": 2, "endpoint_type": "sync"}
+    model_infra = {"gpus": 1, "gpu_type": "nvidia-ampere-a10", "min_workers": 0, "max_workers": 2,
+                   "endpoint_type": "sync"}
     model_infra.update(infra)
     return {
         "model_type": "generic",

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import warnings
 from typing import Iterator
 
 import pytest
+
+
+#: The main thread's loop at the last test's start (``asyncio.run`` unsets it without closing it).
+_made: list[asyncio.AbstractEventLoop] = []
 
 
 @pytest.fixture(autouse=True)
@@ -16,12 +21,22 @@ def main_thread_event_loop() -> Iterator[None]:
     Pulumi's mocks (``@pulumi.runtime.test``) look the loop up with
     ``asyncio.get_event_loop()``; a test that calls ``asyncio.run`` leaves the
     main thread without one, which used to make later Pulumi tests fail
-    depending on the order tests ran in.
+    depending on the order tests ran in.  The loop made for an earlier test is
+    closed before a new one replaces it: left open, its self-pipe sockets were
+    reported as unclosed (a ResourceWarning, an error in this suite).
     """
     try:
-        asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
+        with warnings.catch_warnings():
+            # 3.12+ warn (and would make a loop) when there is none: make it here instead, on every version.
+            warnings.simplefilter("error", DeprecationWarning)
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+    except (RuntimeError, DeprecationWarning):
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+    for old in _made:
+        if old is not loop and not old.is_running() and not old.is_closed():
+            old.close()
+    _made[:] = [loop]
     yield
 
 

@@ -31,14 +31,29 @@ def base_url() -> Iterator[str]:
         yield url
 
 
+#: Clients made by :func:`v4` and :func:`v5`, closed after each test (else their sockets leak).
+_clients: list[scale_gp.SGPClient | scale_gp_beta.SGPClient] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def v4(base_url: str, key: str = ACME_KEY, account: str | None = None) -> scale_gp.SGPClient:
-    return scale_gp.SGPClient(api_key=key, base_url=base_url, account_id=account, max_retries=0,
-                              _strict_response_validation=True)
+    client = scale_gp.SGPClient(api_key=key, base_url=base_url, account_id=account, max_retries=0,
+                                _strict_response_validation=True)
+    _clients.append(client)
+    return client
 
 
 def v5(base_url: str, key: str = ACME_KEY, account: str = "dev-account") -> scale_gp_beta.SGPClient:
-    return scale_gp_beta.SGPClient(api_key=key, base_url=base_url, account_id=account, max_retries=0,
-                                   _strict_response_validation=True)
+    client = scale_gp_beta.SGPClient(api_key=key, base_url=base_url, account_id=account, max_retries=0,
+                                     _strict_response_validation=True)
+    _clients.append(client)
+    return client
 
 
 # --- v4 ---------------------------------------------------------------------------
@@ -203,9 +218,10 @@ def test_405_on_writes_names_the_config(base_url: str) -> None:
                  lambda: client.model_groups.create(account_id="dev-account", name="g"),
                  lambda: client.models.deployments.create(echo.id, name="d"),
                  lambda: v5(base_url).models.delete(echo.id),
-                 lambda: v5(base_url).models.create(model={"name": "x", "model_vendor": "launch", "vendor_configuration": {
-                     "model_image": {"registry": "r", "repository": "p", "tag": "t", "command": ["c"]},
-                     "model_infra": {}}})):
+                 lambda: v5(base_url).models.create(model={
+                     "name": "x", "model_vendor": "launch", "vendor_configuration": {
+                         "model_image": {"registry": "r", "repository": "p", "tag": "t", "command": ["c"]},
+                         "model_infra": {}}})):
         with pytest.raises((scale_gp.APIStatusError, scale_gp_beta.APIStatusError)) as c:
             call()
         assert c.value.status_code == 405 and "pulumi" in " ".join(c.value.body["commands"])

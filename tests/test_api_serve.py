@@ -14,6 +14,8 @@ import pytest
 import scale_gp_beta
 
 from api_helpers import ROOT
+from sgp_infra.catalog import load_file
+from sgp_infra.cli.serve import unknown_backend_error
 
 
 def free_port() -> int:
@@ -89,7 +91,8 @@ def test_reuse_port_lets_two_serve_processes_share_a_port_and_either_one_answers
             assert refused.wait(timeout=30) != 0
         finally:
             refused.kill()
-        assert "cannot listen" in (refused.stderr.read() if refused.stderr else "")
+        _, refused_err = refused.communicate(timeout=10)
+        assert "cannot listen" in refused_err
         # ... with it, it can; once the first is gone the second answers on the same port.
         second = _start(port, "--reuse-port")
         time.sleep(0.5)
@@ -107,9 +110,10 @@ def test_reuse_port_lets_two_serve_processes_share_a_port_and_either_one_answers
         assert r.status_code == 200 and r.json()["total_item_count"] >= 1  # answered by the second process
     finally:
         for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=10)
+            if proc is not None:
+                if proc.poll() is None:
+                    proc.terminate()
+                proc.communicate(timeout=10)  # waits, and closes the stderr pipe
 
 
 def _children(pid: int) -> list[int]:
@@ -170,3 +174,26 @@ def test_metrics_sum_the_workers() -> None:
     counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                   if line.startswith("sgp_infra_api_requests_total{") and 'route="/v4/models"' in line)
     assert counted == 40
+
+
+
+def test_serve_backend_for_an_unknown_model_exits_2_naming_the_catalogue_models() -> None:
+    """A misspelt ``--backend`` name would leave the model on its in-cluster URL (which hangs outside a cluster)."""
+    env = {k: v for k, v in os.environ.items() if k != "SGP_INFRA_API_KEYS"}
+    done = subprocess.run([sys.executable, "-m", "sgp_infra", "serve", "--stack", "dev", "--port", "0",
+                           "--backend", "echo=http://127.0.0.1:9", "--backend", "ecoh=http://127.0.0.1:9"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "'ecoh' (did you mean 'echo'?)" in done.stderr
+    assert "its models: echo, t4-embedder" in done.stderr
+    assert "serving" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unknown_backend_error_accepts_model_and_object_names() -> None:
+    catalog = load_file(ROOT / "stacks" / "Pulumi.prod.yaml")
+    assert catalog.models["llama-3.2-1b"].object_name == "llama-3-2-1b"
+    assert unknown_backend_error(catalog, {"llama-3.2-1b": "http://a", "llama-3-2-1b": "http://b"}) is None
+    assert unknown_backend_error(catalog, {}) is None
+    error = unknown_backend_error(catalog, {"nope": "http://a"})
+    assert error is not None and error.startswith("--backend names no model of the catalogue: 'nope'; its models: ")
+    assert error.endswith(", ".join(sorted(catalog.models)))

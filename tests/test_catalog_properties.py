@@ -26,7 +26,8 @@ Path_ = tuple[Any, ...]
 
 JUNK = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 10**12), st.floats(allow_nan=True),
-    st.text(max_size=12), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.text(max_size=12), st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
 
 
@@ -109,8 +110,10 @@ def test_unknown_fields_are_reported_at_their_path(case: tuple[dict[str, Any], P
 @given(st.sampled_from(BASES), st.data())
 def test_dropping_a_required_field_is_reported(base: dict[str, Any], data: st.DataObject) -> None:
     raw = copy.deepcopy(base)
-    required = [("templates", t, f) for t in raw.get("templates", {}) for f in ("endpoint_type", "model_type", "vendor_configuration")]
-    required += [("models", m, "model_type") for m, e in raw.get("models", {}).items() if "vendor_configuration" not in e]
+    required = [("templates", t, f) for t in raw.get("templates", {})
+                for f in ("endpoint_type", "model_type", "vendor_configuration")]
+    required += [("models", m, "model_type") for m, e in raw.get("models", {}).items()
+                 if "vendor_configuration" not in e]
     required += [("models", m, "vendor_configuration", "model_image", f) for m, e in raw.get("models", {}).items()
                  if "vendor_configuration" in e for f in ("registry", "repository", "tag", "command")]
     path = data.draw(st.sampled_from(required))

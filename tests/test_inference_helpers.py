@@ -186,6 +186,8 @@ class FaultServer:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()  # else its selector and self-pipe sockets leak (a ResourceWarning)
 
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:

@@ -165,7 +165,8 @@ def test_v5_model_references(http: httpx.Client) -> None:
         r = http.post("/v5/chat/completions", json={"model": ref, "messages": [{"role": "user", "content": "x"}]})
         assert r.status_code == 200, r.text
         assert r.json()["model"] == ref
-    r = http.post("/v5/chat/completions", json={"model": "openai/gpt-5", "messages": [{"role": "user", "content": "x"}]})
+    r = http.post("/v5/chat/completions",
+                  json={"model": "openai/gpt-5", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 404
     r = http.post("/v5/chat/completions", json={"messages": []})
     assert r.status_code == 422 and "model" in r.json()["detail"]
@@ -198,9 +199,11 @@ def v5(base_url: str) -> Iterator[scale_gp_beta.SGPClient]:
 
 
 def test_v4_client_every_operation(v4: scale_gp.SGPClient) -> None:
-    out = v4.models.completions.create("sgp-echo", prompt="hi", model_request_parameters={"bindings": {"temperature": 0.1}})
+    out = v4.models.completions.create("sgp-echo", prompt="hi",
+                                       model_request_parameters={"bindings": {"temperature": 0.1}})
     assert out.completions == [["hi", [GREETING + "hi"]]]
-    chat = v4.models.chat_completions.create("vllm-chat", prompt="yo", chat_history=[{"role": "system", "content": "be brief"}])
+    chat = v4.models.chat_completions.create("vllm-chat", prompt="yo",
+                                             chat_history=[{"role": "system", "content": "be brief"}])
     assert chat.completions[0][1] == [GREETING + "yo"]
     emb = v4.models.embeddings.create("cohere-embed", texts=["a"])
     assert emb.embeddings == [embed("a")]
@@ -220,7 +223,8 @@ def test_v4_client_streams(v4: scale_gp.SGPClient) -> None:
 
 def test_v4_client_sees_422(v4: scale_gp.SGPClient) -> None:
     with pytest.raises(scale_gp.UnprocessableEntityError) as info:
-        v4.models.completions.create("sgp-echo", prompt="x", model_request_parameters={"bindings": {"temperature": "x"}})
+        v4.models.completions.create("sgp-echo", prompt="x",
+                                     model_request_parameters={"bindings": {"temperature": "x"}})
     assert "temperature" in str(info.value)
 
 

@@ -3,14 +3,16 @@
 Core kinds validate with ``kubernetes-validate`` in strict mode (unknown
 fields are errors) against the oldest and the newest Kubernetes versions the
 installed package ships schemas for; ScaledObjects validate against KEDA's own
-CRD schema vendored in ``tests/schemas/keda/`` (see its SOURCE.md), made strict the same way.  A property test extends this from the
+CRD schema, vendored in ``tests/schemas/keda/`` (source and version in its
+``SOURCE.md``), made strict the same way.  A property test extends this from the
 example stacks to any valid generated catalogue.
 """
 
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -20,12 +22,12 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from plan_fixtures import ROOT, STACKS, stack_plans
+from plan_fixtures import STACKS, stack_plans
 from sgp_infra.catalog import CatalogInvalid, build_catalog
 from sgp_infra.catalog.entities import GPU_TYPES, MIG_GPU_TYPES
 from sgp_infra.plan import plan_catalog
 
-KEDA_SCHEMAS = ROOT / "tests" / "schemas" / "keda"
+KEDA_SCHEMAS = Path(__file__).parent / "schemas" / "keda"
 
 
 def _versions() -> tuple[str, str]:
@@ -51,11 +53,9 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def keda_validator(version: str = "v1alpha1") -> jsonschema.protocols.Validator:
     path = KEDA_SCHEMAS / "keda.sh_scaledobjects.yaml"
-    if not path.is_file():
-        pytest.fail(f"KEDA CRD schema not found at {path}")
     crd = yaml.safe_load(path.read_text())
     [entry] = [v for v in crd["spec"]["versions"] if v["name"] == version]
     schema = _strict(entry["schema"]["openAPIV3Schema"])

@@ -76,8 +76,8 @@ def test_pdb_only_when_more_than_one_replica_can_run() -> None:
     raw["models"]["single"] = v5_model(min_workers=0, max_workers=1)
     plan = plan_raw(raw)
     pdb = find(plan, "PodDisruptionBudget", "m5")
-    assert pdb["spec"] == {"maxUnavailable": 1,
-                           "selector": {"matchLabels": find(plan, "Deployment", "m5")["spec"]["selector"]["matchLabels"]}}
+    match_labels = find(plan, "Deployment", "m5")["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": match_labels}}
     assert find(plan, "PodDisruptionBudget", "single") is None
 
 

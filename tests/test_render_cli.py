@@ -32,7 +32,7 @@ def test_out_dir_writes_one_file_per_planned_object(stack: Path, tmp_path: Path)
     # + the API's objects, told the stack the file's name says (Pulumi.<stack>.yaml), as `pulumi up` would
     manifests = plan_catalog(load_file(stack)).manifests + plan_api(load_file(stack), stack_name_of(stack))
     assert len(files) == len(manifests)
-    for path, manifest in zip(files, manifests):
+    for path, manifest in zip(files, manifests, strict=True):
         text = path.read_text()
         assert "&id" not in text and "*id" not in text  # no YAML aliases
         assert yaml.safe_load(text) == manifest
@@ -70,7 +70,8 @@ def test_stdout_stream_by_stack_name_through_the_real_entry_point() -> None:
     assert docs == plan_catalog(dev).manifests + plan_api(dev, "dev")
 
 
-def test_invalid_catalogue_lists_problems_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_catalogue_lists_problems_and_writes_nothing(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     raw = raw_catalog()
     raw["models"]["m4"]["model_creation_parameters"] = {}
     out = tmp_path / "out"

@@ -40,6 +40,7 @@ def test_seed_example_filled_in_is_the_prod_template() -> None:
     dumped = tpl.spec.model_dump(exclude_unset=True)
     assert set(SEED) == set(dumped)
     assert set(SEED["vendor_configuration"]["bundle_config"]) == set(dumped["vendor_configuration"]["bundle_config"])
-    assert set(SEED["vendor_configuration"]["endpoint_config"]) == set(dumped["vendor_configuration"]["endpoint_config"])
+    assert (set(SEED["vendor_configuration"]["endpoint_config"])
+            == set(dumped["vendor_configuration"]["endpoint_config"]))
     assert tpl.id == "0b8f7a2e-5d6c-4e1a-9f3b-7c2d1e0a9b84"
     assert catalog.models["legacy-completion"].template is tpl

@@ -87,7 +87,8 @@ def test_triggers(workflow: dict[str, Any]) -> None:
 
 def test_needs_name_existing_jobs_without_cycles(workflow: dict[str, Any]) -> None:
     jobs = workflow["jobs"]
-    graph = {name: ([job["needs"]] if isinstance(job.get("needs"), str) else job.get("needs", [])) for name, job in jobs.items()}
+    graph = {name: ([job["needs"]] if isinstance(job.get("needs"), str) else job.get("needs", []))
+             for name, job in jobs.items()}
     for name, needs in graph.items():
         assert set(needs) <= set(jobs), f"{name} needs an unknown job"
     done: set[str] = set()

@@ -35,8 +35,16 @@ class ApiError(Exception):
         self.extra = extra
 
 
+#: Statuses whose phrase Python 3.13 renamed (RFC 9110: "Unprocessable Content"...): their
+#: codes keep the names of 3.10-3.12, so an answer does not depend on the server's Python.
+_RENAMED_IN_3_13 = {413: "request_entity_too_large", 414: "request_uri_too_long",
+                    416: "requested_range_not_satisfiable", 422: "unprocessable_entity"}
+
+
 def error_code(status: int) -> str:
     """``404`` → ``not_found``: a stable, machine-readable name of the status."""
+    if status in _RENAMED_IN_3_13:
+        return _RENAMED_IN_3_13[status]
     try:
         return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
     except ValueError:

@@ -71,7 +71,7 @@ async def list_model_templates(request: Request, who: Caller = Depends(caller), 
 @router.get("/model-templates/{model_template_id}", summary="Get a model template")
 async def get_model_template(request: Request, model_template_id: str, who: Caller = Depends(caller)) -> Response:
     item = index_of(request).template(model_template_id)
-    seen_or_404(item, item and item["account_id"], who, "model template", model_template_id)
+    item = seen_or_404(item, item["account_id"] if item else None, who, "model template", model_template_id)
     return json_response(_live_template(request, item))
 
 
@@ -138,7 +138,7 @@ async def list_model_groups(request: Request, who: Caller = Depends(caller), acc
 @router.get("/model-groups/{model_group_id}", summary="Get a model group")
 async def get_model_group(request: Request, model_group_id: str, who: Caller = Depends(caller)) -> Response:
     item = index_of(request).group(model_group_id)
-    seen_or_404(item, item and item["account_id"], who, "model group", model_group_id)
+    item = seen_or_404(item, item["account_id"] if item else None, who, "model group", model_group_id)
     return json_response(_live_group(request, item))
 
 

@@ -115,9 +115,9 @@ def _list_body(request: Request, params: ListParams, who: Caller) -> bytes:
                            [("k", descending), ("name", descending if field == "name" else False)])
         entries = [k["e"] for k in keyed]
     page = page_v5(entries, limit, starting_after, ending_before, id_of=lambda e: e.model.id)
-    items = b",".join(live_v5_bytes(e, status.get(e.model.object_name)) for e in page.pop("items"))
+    joined = b",".join(live_v5_bytes(e, status.get(e.model.object_name)) for e in page.pop("items"))
     rest = orjson.dumps(page)
-    return b'{"items":[' + items + b"]," + rest[1:]
+    return b'{"items":[' + joined + b"]," + rest[1:]
 
 
 @router.get("/models/{model_id}", summary="Get a model")

@@ -161,7 +161,7 @@ class ProbeStatus(CachedStatus):
     async def refresh(self) -> dict[str, ModelStatus]:
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             results = await asyncio.gather(*(self._probe(client, url) for url in self.targets.values()))
-        return dict(zip(self.targets, results))
+        return dict(zip(self.targets, results, strict=True))
 
     @staticmethod
     async def _probe(client: httpx.AsyncClient, url: str) -> ModelStatus:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import shlex
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -114,7 +114,7 @@ def _set_commands(request: Request, key: str, name: str, fields: dict[str, Any],
     return commands, nested
 
 
-def _refuse(request: Request, what: str, path: str, commands: list[str], nested: list[str] = ()) -> ApiError:
+def _refuse(request: Request, what: str, path: str, commands: list[str], nested: Sequence[str] = ()) -> ApiError:
     config_file = _config_file(request)
     detail = (f"{what} is not done through the API: the catalogue is the stack config "
               f"({config_file}). Edit {path}, then run `pulumi up{_stack_flag(request)}`.")
@@ -136,7 +136,8 @@ def _name_of(request: Request, who: Caller, kind: str, ref: str) -> str:
 def _create(kind: str, noun: str) -> Callable[..., Any]:
     async def create(request: Request, who: Caller = Depends(caller)) -> None:
         body = await _body(request)
-        name = body.get("name") if isinstance(body.get("name"), str) and body.get("name") else _PLACEHOLDER
+        given = body.get("name")
+        name = given if isinstance(given, str) and given else _PLACEHOLDER
         commands, nested = _set_commands(request, kind, name, body)
         raise _refuse(request, f"Creating a {noun}", config_path(kind, name), commands, nested)
     create.__name__ = f"create_{kind}"

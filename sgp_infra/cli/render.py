@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot write to {out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    stale = f" (removed {removed} stale file{'s' if removed != 1 else ''} of objects no longer planned)" if removed else ""
+    plural = "s" if removed != 1 else ""
+    stale = f" (removed {removed} stale file{plural} of objects no longer planned)" if removed else ""
     print(f"wrote {count} manifests to {out}{stale}", file=sys.stderr)
     return 0

@@ -12,11 +12,12 @@ keys.
 from __future__ import annotations
 
 import argparse
+import difflib
 import ipaddress
 import os
 import socket
 import sys
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from ..catalog import Catalog
 from ..tasks.local import add_local_async_args, start_local_async
@@ -134,6 +135,25 @@ def write_target(args: argparse.Namespace) -> tuple[Optional[str], Optional[str]
     return os.environ.get("PULUMI_STACK") or None, None
 
 
+def unknown_backend_error(catalog: Catalog, backends: Mapping[str, str]) -> Optional[str]:
+    """The error for ``--backend`` names that match no model (by name or object name), else ``None``.
+
+    Checked before serving because a misspelt name is otherwise accepted
+    silently: the model keeps its in-cluster Service URL, which does not
+    resolve outside a cluster, and its calls hang.
+    """
+    known = {m.name for m in catalog.models.values()} | {m.object_name for m in catalog.models.values()}
+    unknown = [name for name in backends if name not in known]
+    if not unknown:
+        return None
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(catalog.models), n=1)
+        hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    models = ", ".join(sorted(catalog.models)) or "none"
+    return f"--backend names no model of the catalogue: {', '.join(hints)}; its models: {models}"
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -186,6 +206,11 @@ def run(args: argparse.Namespace) -> int:
     catalog, code = try_load(args)
     if catalog is None:
         return code
+    backends: dict[str, str] = dict(args.backends)
+    problem = unknown_backend_error(catalog, backends)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     keys = resolve_keys(catalog, args.host)
     if keys is None:
         return EXIT_USAGE
@@ -195,14 +220,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        local_async = start_local_async(catalog, args, dict(args.backends))  # nats-server and forwarders (ASYNC)
+        local_async = start_local_async(catalog, args, backends)  # nats-server and forwarders (ASYNC)
     except RuntimeError as exc:  # no nats-server binary, or it would not start
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     stack, writes_file = write_target(args)
     options = ServeOptions(
         config_file=str(config_file_of(args).resolve()), stack=stack, writes_file=writes_file, host=args.host,
-        status=args.status, namespace=args.namespace, backends=dict(args.backends), dev_key=keys == dev_keys(catalog),
+        status=args.status, namespace=args.namespace, backends=backends, dev_key=keys == dev_keys(catalog),
         access_log=args.access_log, log_level=args.log_level,
         workers=args.workers or catalog.settings.api.workers, limits=limits, nats_url=local_async.url)
     configure_json_logging(access_log=args.access_log)

@@ -10,5 +10,5 @@ from .model_catalog import ModelCatalog, ModelCatalogArgs
 from .model_endpoint import ModelEndpoint, ModelEndpointArgs
 from .resources import register_manifest, resource_class
 
-__all__ = ["CatalogApi", "CatalogApiArgs", "ModelCatalog", "ModelCatalogArgs", "ModelEndpoint", "ModelEndpointArgs", "register_manifest",
-           "resource_class"]
+__all__ = ["CatalogApi", "CatalogApiArgs", "ModelCatalog", "ModelCatalogArgs", "ModelEndpoint", "ModelEndpointArgs",
+           "register_manifest", "resource_class"]

@@ -15,6 +15,7 @@ loopback).
 from __future__ import annotations
 
 import json
+import sys
 from typing import TYPE_CHECKING, Any, Mapping, Optional, TypedDict
 
 import pulumi
@@ -23,9 +24,9 @@ from ..catalog import Catalog
 from ..plan.api import API_KEYS_KEY, CHECKSUM_ANNOTATION, api_keys_secret, api_url, plan_api
 from .resources import child_suffix, register_manifest
 
-try:  # Python 3.11+
+if sys.version_info >= (3, 11):
     from typing import NotRequired
-except ImportError:  # pragma: no cover - 3.10
+else:  # pragma: no cover - 3.10
     from typing_extensions import NotRequired
 
 TYPE = "sgp-infra:index:CatalogApi"

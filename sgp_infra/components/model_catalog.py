@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Optional, TypedDict
 
 import pulumi
@@ -11,9 +12,9 @@ from ..plan import Plan, plan_catalog
 from .model_endpoint import ModelEndpoint, ModelEndpointArgs
 from .resources import register_manifest
 
-try:  # Python 3.11+
+if sys.version_info >= (3, 11):
     from typing import NotRequired
-except ImportError:  # pragma: no cover - 3.10
+else:  # pragma: no cover - 3.10
     from typing_extensions import NotRequired
 
 TYPE = "sgp-infra:index:ModelCatalog"
@@ -60,7 +61,8 @@ class ModelCatalog(pulumi.ComponentResource):
                 namespace = resource
         #: The Namespace resource, for other components created in it (e.g. ``CatalogApi``).
         self.namespace_resource = namespace
-        self.namespace = (namespace.urn.apply(lambda _, ns=plan.namespace: ns) if namespace is not None
+        namespace_name: str = plan.namespace
+        self.namespace = (namespace.urn.apply(lambda _: namespace_name) if namespace is not None
                           else pulumi.Output.from_input(plan.namespace))
         self.endpoints = {}
         for model_name, model_plan in plan.models.items():

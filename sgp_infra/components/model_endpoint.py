@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Optional, TypedDict
 
 import pulumi
@@ -11,9 +12,9 @@ from ..plan import ModelPlan, plan_model
 from ..plan.gpu import resolve_profile
 from .resources import child_suffix, register_manifest
 
-try:  # Python 3.11+
+if sys.version_info >= (3, 11):
     from typing import NotRequired
-except ImportError:  # pragma: no cover - 3.10
+else:  # pragma: no cover - 3.10
     from typing_extensions import NotRequired
 
 TYPE = "sgp-infra:index:ModelEndpoint"

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+#: A typed resource class, seen as what this module calls it with:
+#: ``cls(name, metadata=..., opts=..., **snake_case_fields)``.
+ResourceClass = Callable[..., pulumi.CustomResource]
+
 #: Typed classes for the core kinds sgp-infra plans.
-TYPED: dict[tuple[str, str], type[pulumi.CustomResource]] = {
+TYPED: dict[tuple[str, str], ResourceClass] = {
     ("v1", "Namespace"): k8s.core.v1.Namespace,
     ("v1", "Service"): k8s.core.v1.Service,
     ("v1", "ServiceAccount"): k8s.core.v1.ServiceAccount,
@@ -39,7 +43,7 @@ TYPED: dict[tuple[str, str], type[pulumi.CustomResource]] = {
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _snake(field: str) -> str:
     """``stringData`` → ``string_data`` (memoised: a few field names, thousands of objects)."""
     return _CAMEL.sub("_", field).lower()
@@ -50,7 +54,7 @@ def child_suffix(manifest: Mapping[str, Any]) -> str:
     return manifest["kind"].lower()
 
 
-def resource_class(manifest: Mapping[str, Any]) -> Optional[type[pulumi.CustomResource]]:
+def resource_class(manifest: Mapping[str, Any]) -> Optional[ResourceClass]:
     """The typed class for a manifest, or ``None`` for a custom resource."""
     return TYPED.get((manifest["apiVersion"], manifest["kind"]))
 

@@ -6,7 +6,8 @@ catalogue from a file or from a git ref's version of the stack file.
 """
 
 from .base import BaseSource, BaseUnavailable, load_base
-from .compare import CatalogDiff, EntityDiff, FieldChange, GpuRow, ResolvedChange, Warning, dangling_group_members, diff_catalogs
+from .compare import (CatalogDiff, EntityDiff, FieldChange, GpuRow, ResolvedChange, Warning, dangling_group_members,
+                      diff_catalogs)
 from .render import NO_CHANGES, headline, invalid_json, invalid_markdown, to_json, to_json_data, to_markdown
 
 __all__ = [

@@ -53,7 +53,8 @@ def _from_doc(label: str, doc: Any) -> BaseSource:
                                        "everything is shown as added")
     except CatalogInvalid as exc:
         n = len(exc.errors)
-        return BaseSource(label, None, f"the base catalogue at {label} is invalid ({n} problem{'s' if n != 1 else ''}); "
+        plural = "s" if n != 1 else ""
+        return BaseSource(label, None, f"the base catalogue at {label} is invalid ({n} problem{plural}); "
                                        "everything is shown as added")
 
 

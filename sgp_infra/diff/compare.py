@@ -282,7 +282,7 @@ def _group_diffs(before: Mapping[str, Any], after: Mapping[str, Any]) -> Iterabl
     for name in sorted(set(before) | set(after)):
         old, new = before.get(name), after.get(name)
         if old is None:
-            yield EntityDiff("group", name, "added", members_added=tuple(sorted(new.members)))
+            yield EntityDiff("group", name, "added", members_added=tuple(sorted(after[name].members)))
         elif new is None:
             yield EntityDiff("group", name, "removed", members_removed=tuple(sorted(old.members)))
         else:

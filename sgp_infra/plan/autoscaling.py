@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..catalog import ConfigError, Model, StackSettings, config_path
+from ..catalog.entities import ModelV4
 from .constants import IN_FLIGHT_METRIC
 from .labels import model_metadata
 
@@ -50,7 +51,7 @@ def check(model: Model, settings: StackSettings) -> Optional[ConfigError]:
             "sgp-infra:autoscaler is hpa; use the default autoscaler keda, or set min_workers equal to max_workers")
     if settings.autoscaler == "hpa" and model.min_workers == 0 and owns_replicas(model):
         where = ""
-        if model.api_version == "v4" and model.spec.min_workers is None and model.template is not None:
+        if isinstance(model.spec, ModelV4) and model.spec.min_workers is None and model.template is not None:
             where = f" (from template '{model.template.name}')"
         return ConfigError(
             min_workers_path(model),

@@ -158,8 +158,9 @@ def _custom_profile(value: Mapping[str, Any]) -> tuple[Optional[GpuProfile], lis
     base = value.get("extends")
     if base is not None:
         if not isinstance(base, str) or base not in BUILTIN_PROFILES:  # a list or map is no profile name
+            known = ", ".join(sorted(BUILTIN_PROFILES))
             errors.append(ConfigError(config_path("gpuProfile", "extends"),
-                                      f"unknown GPU profile {base!r}; use one of {', '.join(sorted(BUILTIN_PROFILES))}"))
+                                      f"unknown GPU profile {base!r}; use one of {known}"))
         else:
             types.update(BUILTIN_PROFILES[base].types)
             tolerations = BUILTIN_PROFILES[base].tolerations
@@ -191,7 +192,8 @@ def _type_rule(gpu_type: str, rule: Any) -> tuple[list[ConfigError], Optional[Ty
     if gpu_type not in GPU_TYPES:
         return [ConfigError(config_path(*path), f"unknown gpu_type; the SGP API names {', '.join(GPU_TYPES)}")], None
     if not isinstance(rule, dict) or not isinstance(rule.get("nodeSelector", {}), dict):
-        return [ConfigError(config_path(*path), "must be {nodeSelector: {label: value}, resource: nvidia.com/gpu}")], None
+        return [ConfigError(config_path(*path),
+                            "must be {nodeSelector: {label: value}, resource: nvidia.com/gpu}")], None
     errors = [ConfigError(config_path(*path, str(k)), "unknown key; use nodeSelector and resource")
               for k in rule if k not in ("nodeSelector", "resource")]
     selector = {str(k): str(v) for k, v in rule.get("nodeSelector", {}).items()}

@@ -26,7 +26,8 @@ MODEL_NAME = "sgp-infra.io/model-name"
 MODEL_ID = "sgp-infra.io/model-id"
 TEMPLATE = "sgp-infra.io/template"
 
-#: Annotations on a model's Service: where the API reads how to call it.
+#: Annotations on a model's Deployment and Service recording how it is called, for people and
+#: tools (``kubectl describe``); the API reads the same values from the published catalogue.
 ANNOTATION_PREFIX = "sgp-infra.io/"
 ROUTE_ANNOTATIONS = {
     "predict": "sgp-infra.io/predict-route",
@@ -84,8 +85,8 @@ def model_labels(model: Model) -> dict[str, str]:
 def model_metadata(model: Model, namespace: str, *, annotated: bool = False) -> dict[str, object]:
     """``metadata`` of each of a model's objects: all share its name and labels.
 
-    ``annotated`` adds the routing annotations the API reads (Deployment and
-    Service carry them).
+    ``annotated`` adds the routing annotations (Deployment and Service carry
+    them; informational, the API reads the published catalogue).
     """
     meta: dict[str, object] = {"name": model.object_name, "namespace": namespace, "labels": model_labels(model)}
     if annotated:

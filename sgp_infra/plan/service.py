@@ -1,4 +1,4 @@
-"""A model's ClusterIP Service; its annotations tell the API how to call the model."""
+"""A model's ClusterIP Service, whose in-cluster URL the API calls; its annotations record how the model is called."""
 
 from __future__ import annotations
 
