@@ -7,10 +7,10 @@ import json
 import logging
 from typing import Any, Iterator
 
+import httpx
 import pytest
-from fastapi.testclient import TestClient
 
-from api_helpers import ACME_KEY, API_KEYS, make_catalog
+from api_helpers import ACME_KEY, API_KEYS, make_catalog, running
 from sgp_infra.api import create_app, logs
 
 NAMES = ("sgp_infra", "uvicorn", "uvicorn.error", logs.ACCESS_LOGGER)
@@ -21,7 +21,6 @@ def restore_logging() -> Iterator[None]:
     """The loggers ``configure_json_logging`` touches, restored afterwards."""
     saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate)
              for n in NAMES}
-    saved_srcfile = logging._srcfile  # type: ignore[attr-defined]
     try:
         yield
     finally:
@@ -30,7 +29,6 @@ def restore_logging() -> Iterator[None]:
             logger.handlers[:] = handlers
             logger.setLevel(level)
             logger.propagate = propagate
-        logging._srcfile = saved_srcfile  # type: ignore[attr-defined]
 
 
 def json_logging(monkeypatch: pytest.MonkeyPatch, *, access_log: bool = True) -> io.StringIO:
@@ -52,7 +50,7 @@ def app() -> Any:
 def test_one_json_line_per_request_with_the_route_template(restore_logging: None, monkeypatch: pytest.MonkeyPatch,
                                                            app: Any) -> None:
     buf = json_logging(monkeypatch)
-    with TestClient(app) as client:
+    with running(app) as url, httpx.Client(base_url=url) as client:
         assert client.get("/v4/models/echo", headers={"x-api-key": ACME_KEY}).status_code == 200
         assert client.get("/v4/models/echo").status_code == 401
         assert client.get("/nope", headers={"x-api-key": ACME_KEY}).status_code == 404
@@ -73,7 +71,7 @@ def test_one_json_line_per_request_with_the_route_template(restore_logging: None
 def test_no_access_log_drops_only_the_request_line(restore_logging: None, monkeypatch: pytest.MonkeyPatch,
                                                    app: Any) -> None:
     buf = json_logging(monkeypatch, access_log=False)
-    with TestClient(app) as client:
+    with running(app) as url, httpx.Client(base_url=url) as client:
         assert client.get("/healthz").status_code == 200
     logging.getLogger("sgp_infra.api").warning("still here", extra={"detail": 1})
     assert [(line["logger"], line["message"]) for line in lines(buf)] == [("sgp_infra.api", "still here")]
@@ -81,7 +79,8 @@ def test_no_access_log_drops_only_the_request_line(restore_logging: None, monkey
 
 def test_the_line_is_an_ordinary_log_record(caplog: pytest.LogCaptureFixture, app: Any) -> None:
     """Any handler or filter applies: the line goes through ``logging`` like every other."""
-    with caplog.at_level(logging.INFO, logger=logs.ACCESS_LOGGER), TestClient(app) as client:
+    with caplog.at_level(logging.INFO, logger=logs.ACCESS_LOGGER), running(app) as url, \
+            httpx.Client(base_url=url) as client:
         client.get("/healthz")
     [record] = [r for r in caplog.records if r.name == logs.ACCESS_LOGGER]
     assert record.getMessage() == "request" and record.status == 200  # type: ignore[attr-defined]

@@ -566,13 +566,11 @@ def test_the_caller_comes_from_the_guard_not_from_headers_read_later(client: htt
 
 def test_the_v5_page_cache_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every distinct query string is a cache entry; their bytes stay under the cap however many there are."""
-    from fastapi.testclient import TestClient
-
     from sgp_infra.api import routes_v5
 
     monkeypatch.setattr(routes_v5, "PAGE_CACHE_BYTES", 350_000)
     app = create_app(make_catalog(extra_acme=400, extra_other=0), api_keys=API_KEYS, include_inference=False)
-    with TestClient(app, headers={"x-api-key": ACME_KEY}) as client:
+    with running(app) as url, httpx.Client(base_url=url, headers={"x-api-key": ACME_KEY}) as client:
         sizes = []
         for i in range(20):
             r = client.get("/v5/models", params={"limit": 100, "unknown": i})
