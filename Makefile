@@ -13,10 +13,12 @@ STAMP := $(VENV)/.installed
 
 # Small sizes: `make bench` checks that the scripts run end to end.  For figures, run a
 # script with its defaults (see its --help), or override these, e.g.
-#   make bench BENCH_PLAN_ARGS= BENCH_API_ARGS= BENCH_PROXY_ARGS=
+#   make bench BENCH_PLAN_ARGS= BENCH_API_ARGS= BENCH_PROXY_ARGS= BENCH_ASYNC_ARGS= BENCH_ROUTING_ARGS=
 BENCH_PLAN_ARGS ?= --sizes 10 --render-size 10
 BENCH_API_ARGS ?= --seconds 2 --rounds 1 --connections 4
 BENCH_PROXY_ARGS ?= --seconds 1 --concurrency 1,8
+BENCH_ASYNC_ARGS ?= --tasks 100 --concurrency 1,8
+BENCH_ROUTING_ARGS ?= --quick
 
 .PHONY: demo test lint typecheck pytest bench clean
 
@@ -45,6 +47,8 @@ bench: $(STAMP)
 	$(PY) bench/bench_plan.py $(BENCH_PLAN_ARGS)
 	$(PY) bench/bench_api.py $(BENCH_API_ARGS)
 	$(PY) bench/bench_proxy.py $(BENCH_PROXY_ARGS)
+	$(PY) bench/bench_async.py $(BENCH_ASYNC_ARGS)
+	$(PY) bench/bench_routing.py $(BENCH_ROUTING_ARGS)
 
 clean:
 	rm -rf $(VENV) rendered .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -114,7 +114,7 @@ def forwarders(stack: Path, backend: str, nats_url: str, count: int = 1,
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-            proc.wait(timeout=10)
+            proc.communicate(timeout=10)  # waits, and closes the stderr pipe
 
 
 def start_forwarder(stack: Path, backend: str, nats_url: str, model: str = "jobs",

@@ -99,7 +99,7 @@ def test_reuse_port_lets_two_serve_processes_share_a_port_and_either_one_answers
         deadline = time.monotonic() + 30
         while second.poll() is None and time.monotonic() < deadline:
             first.terminate()
-            first.wait(timeout=10)
+            first.communicate(timeout=10)
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                     break
@@ -151,7 +151,7 @@ def test_two_workers_answer_requests_and_metrics_and_the_metrics_dir_is_removed(
         assert "SGP_INFRA_API_KEYS" not in _environ(workers[0])  # the dev key is rebuilt, never passed on
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        proc.communicate(timeout=20)
     assert not os.path.exists(metrics_dir)
 
 
@@ -170,7 +170,7 @@ def test_metrics_sum_the_workers() -> None:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        proc.communicate(timeout=20)
     counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                   if line.startswith("sgp_infra_api_requests_total{") and 'route="/v4/models"' in line)
     assert counted == 40

@@ -206,7 +206,7 @@ def test_forwarder_killed_mid_task_is_redelivered(tmp_path: Path, broker: LocalN
             task_id = post(client, {"echo": "killed", "sleep": 1.5}).json()["task_id"]
             wait_for(lambda: backend.calls["killed"] == 1, what="the first delivery to reach the model")
             first.send_signal(signal.SIGKILL)
-            first.wait(timeout=10)
+            first.communicate(timeout=10)
         finally:
             if first.poll() is None:
                 first.kill()
@@ -227,7 +227,7 @@ def test_sigterm_finishes_held_tasks(tmp_path: Path, broker: LocalNats, backend:
             wait_for(lambda: backend.calls["drain-0"] == 1 and backend.calls["drain-1"] == 1,
                      what="both tasks to start")
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=20)
+            proc.communicate(timeout=20)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -346,7 +346,7 @@ def test_soak_1000_tasks_three_forwarders_one_killed(tmp_path: Path, broker: Loc
             ids.append(r.json()["task_id"])
             if i == 300:
                 procs[0].send_signal(signal.SIGKILL)
-                procs[0].wait(timeout=10)
+                procs[0].communicate(timeout=10)
             if i == 600:
                 procs[0] = start_forwarder(stack.path, backend.url, broker.url)
         statuses = Counter(poll_until_final(client, t, timeout=60)["status"] for t in ids)
@@ -383,9 +383,9 @@ def test_serve_starts_local_nats_and_forwarders(tmp_path: Path, backend: Backend
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=30)
+            _, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
+            _, err = proc.communicate()
+    stderr = err.decode()
     assert "nats-server" in stderr
