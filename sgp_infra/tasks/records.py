@@ -38,6 +38,9 @@ class TaskMessage:
     args: Any = None
     url: Optional[str] = None
     callback_url: Optional[str] = None
+    #: The revision of the PENDING record the API wrote before publishing: a first delivery's
+    #: compare-and-set starts from it without reading the record.
+    revision: Optional[int] = None
 
     def encode(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -45,8 +48,10 @@ class TaskMessage:
     @classmethod
     def decode(cls, data: bytes) -> "TaskMessage":
         raw = orjson.loads(data)
+        revision = raw.get("revision")
         return cls(task_id=str(raw["task_id"]), model=str(raw["model"]), enqueued_at=float(raw["enqueued_at"]),
-                   args=raw.get("args"), url=raw.get("url"), callback_url=raw.get("callback_url"))
+                   args=raw.get("args"), url=raw.get("url"), callback_url=raw.get("callback_url"),
+                   revision=int(revision) if isinstance(revision, int) else None)
 
     def request_body(self) -> Any:
         """The JSON the model's predict route gets: the args, or ``{"url": ...}`` (Launch's convention)."""
