@@ -17,7 +17,7 @@ run twice, but only one answer is ever recorded.  Pure: no NATS here.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Optional
 
 import orjson
@@ -43,7 +43,7 @@ class TaskMessage:
     revision: Optional[int] = None
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)  # orjson encodes dataclasses natively (far cheaper than asdict)
 
     @classmethod
     def decode(cls, data: bytes) -> "TaskMessage":
@@ -94,7 +94,7 @@ class TaskRecord:
         return (time.time() if now is None else now) > self.finished_at + self.result_ttl_seconds
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)  # orjson encodes dataclasses natively (far cheaper than asdict)
 
     @classmethod
     def decode(cls, data: bytes) -> "TaskRecord":
