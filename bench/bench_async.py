@@ -14,6 +14,10 @@ concurrency:
   until ``SUCCESS`` (the GET holds until the answer is written, so no polling
   interval is added).
 
+With ``--cpu`` (Linux), it also prints the CPU milliseconds each process
+(the API, nats-server, the forwarder, the backend) spent per call, read from
+``/proc``: where a path's cost goes.
+
 It prints tasks (or calls) per second and p50/p99 of the time from the first
 request to the answer, the throughput ratio async/sync and the latency async
 adds at p50.  Targets: async >= 0.5 of sync throughput at concurrency 64, and
@@ -131,6 +135,45 @@ async def run_load(base: str, kind: str, total: int, concurrency: int) -> tuple[
     return len(latencies) / elapsed, latencies
 
 
+def process_tree(root: int) -> dict[int, str]:
+    """``{pid: short name}`` of ``root`` and its descendants (Linux ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [w.decode(errors="replace") for w in cmd if w]
+        fallback = Path(words[0]).name if words else "?"
+        name = next((w for w in ("forwarder", "demo-model", "serve") if w in words), fallback)
+        found[pid] = "nats-server" if "nats-server" in name else name
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def cpu_seconds(pids: dict[int, str]) -> dict[str, float]:
+    """CPU seconds (user + system) so far, per process name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid, name in pids.items():
+        try:
+            fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -140,6 +183,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=2000, help="calls per path and concurrency (default 2000)")
     parser.add_argument("--concurrency", default="1,64", help="comma-separated concurrencies (default 1,64)")
+    parser.add_argument("--cpu", action="store_true", help="print CPU ms per call of each process (Linux)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     py = sys.executable
@@ -161,12 +205,23 @@ def main() -> int:
         base = f"http://127.0.0.1:{api_port}"
         wait_up(f"{base}/readyz", procs[1])
         results: dict[tuple[str, int], tuple[float, list[float]]] = {}
+        cpu: dict[tuple[str, int], dict[str, float]] = {}
         for concurrency in levels:
             for kind in ("sync", "async"):
+                pids = {pid: name for proc in procs for pid, name in process_tree(proc.pid).items()} \
+                    if args.cpu else {}
+                before = cpu_seconds(pids)
                 results[(kind, concurrency)] = asyncio.run(run_load(base, kind, args.tasks, concurrency))
+                after = cpu_seconds(pids)
+                cpu[(kind, concurrency)] = {n: (after[n] - before.get(n, 0.0)) * 1000 / args.tasks for n in after}
         print(f"{'path':<6} {'conc':>4} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8}")
         for (kind, concurrency), (rate, lat) in results.items():
             print(f"{kind:<6} {concurrency:>4} {rate:>9.0f} {pct(lat, 0.5):>8.2f} {pct(lat, 0.99):>8.2f}")
+        if args.cpu:
+            print("\nCPU ms per call (the warm-up calls included):")
+            for (kind, concurrency), per in cpu.items():
+                print(f"{kind:<6} {concurrency:>4} " + "  ".join(f"{n} {v:.2f}" for n, v in sorted(per.items()))
+                      + f"  total {sum(per.values()):.2f}")
         print()
         for concurrency in levels:
             s_rate, s_lat = results[("sync", concurrency)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, Optional
 
 import nats
@@ -177,7 +178,8 @@ class TaskBroker:
     # -- operations ----------------------------------------------------------------------------------
 
     async def enqueue(self, queue: ModelQueue, message: TaskMessage, record: TaskRecord) -> None:
-        """Write the PENDING record, then publish the task and wait for JetStream's acknowledgement.
+        """Write the PENDING record, then publish the task (carrying the record's revision) and wait
+        for JetStream's acknowledgement.
 
         Raises :class:`BrokerUnavailable` when either is not acknowledged: the
         caller reports the task as not accepted (a record without a published
@@ -185,7 +187,9 @@ class TaskBroker:
         """
         self._require()
         try:
-            await asyncio.wait_for(self.kv.create(message.task_id, record.encode()), REQUEST_TIMEOUT_SECONDS)
+            revision = await asyncio.wait_for(self.kv.create(message.task_id, record.encode()),
+                                              REQUEST_TIMEOUT_SECONDS)
+            message = replace(message, revision=revision)
             await self.js.publish(queue.subject, message.encode(), timeout=REQUEST_TIMEOUT_SECONDS,
                                   stream=self.layout.stream, headers={MSG_ID_HEADER: message.task_id})
         except (NatsError, asyncio.TimeoutError, OSError) as exc:

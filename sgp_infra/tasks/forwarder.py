@@ -4,23 +4,32 @@ One runs beside every ASYNC model container (the pod's ``forwarder``
 sidecar) and, locally, beside each ``serve --backend`` of an ASYNC model.
 For each task it pulls (never more than ``per_worker`` at once):
 
-1. reads the task's record; a task already ``SUCCESS``/``FAILURE`` is a
-   duplicate delivery and is only acknowledged;
+1. on a redelivery, reads the task's record; a task already
+   ``SUCCESS``/``FAILURE`` is a duplicate delivery and is only acknowledged.
+   A first delivery needs no read: the message carries the revision of the
+   ``PENDING`` record the API wrote before publishing it;
 2. on a delivery past ``max_deliveries`` (the one extra delivery the consumer
    allows) records ``FAILURE`` without calling the model: the worker of the
    last attempt died or overran the ack wait;
-3. marks it ``STARTED``, POSTs its args to the model's ``predict_route``
-   (bounded by ``task_timeout_seconds``);
+3. POSTs its args to the model's ``predict_route`` (bounded by
+   ``task_timeout_seconds``), and marks it ``STARTED`` if the model has not
+   answered within :data:`STARTED_AFTER_SECONDS` (a fast task goes from
+   ``PENDING`` to its answer in one write);
 4. records the answer (``SUCCESS``), or the failure with the status code and
    error text when it is final: a 4xx other than 408/429 (the input is
    wrong, retrying cannot help) or the last allowed attempt; any other failure
    is negatively acknowledged and JetStream redelivers it after a back-off;
-5. acknowledges (synchronously) only after the record is written, then calls
-   the task's ``callback_url`` once if this forwarder wrote the final state.
+5. acknowledges only after the record is written, then calls the task's
+   ``callback_url`` once if this forwarder wrote the final state.
 
 Final records are written with compare-and-set, so however many times a task
 runs, one answer is recorded and later writers leave it alone.  A forwarder
 killed mid-task never acknowledges: JetStream redelivers after the ack wait.
+The acknowledgement is not confirmed (one publish, no round trip): if it is
+lost, the redelivery finds the final record and is acknowledged as a duplicate.
+
+Per task that is one JetStream round trip (the final write) besides the pull,
+and one call to the model on a pooled aiohttp session.
 
 :meth:`Forwarder.stop` (SIGTERM) stops pulling, lets held tasks finish within
 the drain time and returns the rest to the queue (``nak``) for another worker.
@@ -33,7 +42,7 @@ import logging
 import time
 from typing import Any, Optional
 
-import httpx
+import aiohttp
 import orjson
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -54,10 +63,20 @@ HEALTH_RECHECK_SECONDS = 5.0
 #: Back-off before a failed attempt is redelivered: this times the delivery count, capped.
 RETRY_DELAY_SECONDS = 0.5
 MAX_RETRY_DELAY_SECONDS = 30.0
+#: A task still running after this many seconds is marked ``STARTED`` (faster ones are not: one write fewer).
+STARTED_AFTER_SECONDS = 0.1
 #: Errors from the model that retrying cannot fix.
 FINAL_CLIENT_ERRORS = frozenset(range(400, 500)) - {408, 429}
 #: Longest error text kept in a FAILURE record.
 MAX_ERROR_CHARS = 4000
+
+
+def pending_after(msgs: list[Any]) -> int:
+    """How many tasks still wait for the consumer after ``msgs`` (JetStream stamps it on each delivery)."""
+    try:
+        return max(0, int(msgs[-1].metadata.num_pending or 0)) if msgs else 0
+    except (AttributeError, ValueError, TypeError):
+        return 1  # unknown: probe once more (an empty probe just ends the backlog)
 
 
 class Forwarder:
@@ -71,24 +90,33 @@ class Forwarder:
         self.predict_route = predict_route
         self.health_route = health_route
         self.metrics = metrics or TaskMetrics()
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(float(queue.task_timeout_seconds), connect=10.0),
-            limits=httpx.Limits(max_connections=queue.per_worker, max_keepalive_connections=queue.per_worker))
+        #: One pooled session for every call to the model (created on the running loop: :meth:`session`).
+        self._session: Optional[aiohttp.ClientSession] = None
         self._stopping = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Any] = {}
         self._loop_task: Optional[asyncio.Task[None]] = None
         self.psub: Any = None
         self._healthy_until = 0.0
-        self._backlog = False
+        #: Tasks waiting for this consumer, as the last pulled message said.
+        self._backlog = 0
 
     # -- readiness -------------------------------------------------------------------------------------
 
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled HTTP session (at most ``per_worker`` connections to the model, kept alive)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=max(1, self.queue.per_worker)),
+                timeout=aiohttp.ClientTimeout(total=float(self.queue.task_timeout_seconds), sock_connect=10.0))
+        return self._session
+
     async def model_healthy(self) -> bool:
         try:
-            response = await self.client.get(self.backend + self.health_route, timeout=2.0)
-        except httpx.HTTPError:
+            async with self.session().get(self.backend + self.health_route,
+                                          timeout=aiohttp.ClientTimeout(total=2.0)) as response:
+                return response.status < 400
+        except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
-        return response.status_code < 400
 
     async def ready(self) -> bool:
         """Ready when NATS is connected and the model container answers its health route."""
@@ -123,20 +151,24 @@ class Forwarder:
                 await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
                 continue
             free = self.queue.per_worker - len(self._inflight)
-            # With a backlog, one pull takes every free slot's task at once (JetStream answers at once with
-            # what is waiting).  Otherwise pull one task and wait for it: a waiting pull for several tasks
-            # holds the first one back until the others arrive or the pull expires.
-            batch, wait = (free, BACKLOG_WAIT_SECONDS) if self._backlog and free > 1 else (1, FETCH_WAIT_SECONDS)
+            # Each delivered message says how many more wait for this consumer.  With a backlog, one pull
+            # takes up to every free slot's task at once (JetStream answers at once with what is
+            # waiting).  Otherwise pull one task and wait for it: a waiting pull for several tasks holds
+            # the first one back until the others arrive or the pull expires.
+            if self._backlog:
+                batch, wait = min(free, self._backlog), BACKLOG_WAIT_SECONDS
+            else:
+                batch, wait = 1, FETCH_WAIT_SECONDS
             try:
                 msgs = await self.psub.fetch(batch=batch, timeout=wait)
             except (NatsTimeoutError, asyncio.TimeoutError):
-                self._backlog = False
+                self._backlog = 0
                 continue
             except NatsError as exc:
                 log.debug("fetch failed: %s", exc)
                 await self._pause(0.2)
                 continue
-            self._backlog = True
+            self._backlog = pending_after(msgs)
             for msg in msgs:
                 task = asyncio.create_task(self._handle(msg))
                 self._inflight[task] = msg
@@ -165,7 +197,8 @@ class Forwarder:
                         pass  # not connected: the ack wait redelivers it
             if pending:
                 await asyncio.wait(pending)
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     # -- one task ------------------------------------------------------------------------------------------
 
@@ -185,39 +218,63 @@ class Forwarder:
             log.warning("task %s: broker error %s; it will be redelivered", message.task_id, exc)
 
     async def _run_task(self, msg: Any, message: TaskMessage, deliveries: int) -> None:
-        current = await self.broker.get(message.task_id)
-        record, revision = current if current else (self._record_for(message), None)
-        if record.final:
-            self.metrics.outcome(self.queue.model, "duplicate")
-            await msg.ack_sync()
-            return
+        if deliveries == 1 and message.revision is not None:
+            # First delivery: nobody else ran it; the PENDING record is at the revision the API wrote.
+            record, revision = self._record_for(message), message.revision
+        else:
+            current = await self.broker.get(message.task_id)
+            record, revision = current if current else (self._record_for(message), None)
+            if record.final:
+                await self._duplicate(msg)
+                return
         if deliveries > self.queue.max_deliveries:
             error = record.traceback or "no answer: the worker running the task stopped or overran the ack wait"
             await self._finish(msg, record, revision, "FAILURE", None, None,
                                f"failed after {self.queue.max_deliveries} deliveries: {error}", deliveries)
             return
         self.metrics.queued(self.queue.model, max(0.0, time.time() - message.enqueued_at))
-        started = record.started(deliveries)
-        new_revision = await self.broker.write(started, revision)
-        if new_revision is None:  # someone else wrote meanwhile: re-read
-            current = await self.broker.get(message.task_id)
-            if current and current[0].final:
-                self.metrics.outcome(self.queue.model, "duplicate")
-                await msg.ack_sync()
-                return
-            record, new_revision = current if current else (record, None)
-        else:
-            record = started
         began = time.monotonic()
-        status_code, result, error = await self._call(message)
+        call = asyncio.ensure_future(self._call(message))
+        try:
+            done, _ = await asyncio.wait({call}, timeout=STARTED_AFTER_SECONDS)
+            if not done:
+                marked = await self._mark_started(record, revision, deliveries)
+                if marked is None:  # another delivery answered meanwhile: that answer stands
+                    call.cancel()
+                    await self._duplicate(msg)
+                    return
+                record, revision = marked
+            status_code, result, error = await call
+        finally:
+            if not call.done():
+                call.cancel()
         self.metrics.running(self.queue.model, time.monotonic() - began)
         if error is None:
-            await self._finish(msg, record, new_revision, "SUCCESS", result, status_code, None, deliveries)
+            await self._finish(msg, record, revision, "SUCCESS", result, status_code, None, deliveries)
         elif (status_code in FINAL_CLIENT_ERRORS) or deliveries >= self.queue.max_deliveries:
-            await self._finish(msg, record, new_revision, "FAILURE", result, status_code, error, deliveries)
+            await self._finish(msg, record, revision, "FAILURE", result, status_code, error, deliveries)
         else:
             self.metrics.outcome(self.queue.model, "retried")
             await msg.nak(delay=min(RETRY_DELAY_SECONDS * deliveries, MAX_RETRY_DELAY_SECONDS))
+
+    async def _mark_started(self, record: TaskRecord, revision: Optional[int],
+                            deliveries: int) -> Optional[tuple[TaskRecord, Optional[int]]]:
+        """Write ``STARTED`` (compare-and-set): the record and revision to finish from, ``None`` if the
+        task is already final."""
+        started = record.started(deliveries)
+        new_revision = await self.broker.write(started, revision)
+        if new_revision is not None:
+            return started, new_revision
+        current = await self.broker.get(record.task_id)  # someone else wrote meanwhile: re-read
+        if current is None:
+            return record, None
+        if current[0].final:
+            return None
+        return current
+
+    async def _duplicate(self, msg: Any) -> None:
+        self.metrics.outcome(self.queue.model, "duplicate")
+        await msg.ack()
 
     def _record_for(self, message: TaskMessage) -> TaskRecord:
         """A record for a task whose PENDING record is gone (expired): rebuilt from the message."""
@@ -228,21 +285,22 @@ class Forwarder:
     async def _call(self, message: TaskMessage) -> tuple[Optional[int], Any, Optional[str]]:
         """``(status code, JSON answer, error text or None)`` of one call to the model."""
         try:
-            response = await self.client.post(self.backend + self.predict_route,
-                                              content=orjson.dumps(message.request_body()),
-                                              headers={"content-type": "application/json"})
-        except httpx.TimeoutException:
+            async with self.session().post(self.backend + self.predict_route,
+                                           data=orjson.dumps(message.request_body()),
+                                           headers={"content-type": "application/json"}) as response:
+                status, data = response.status, await response.read()
+        except asyncio.TimeoutError:
             return None, None, f"the model did not answer within {self.queue.task_timeout_seconds} s"
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             return None, None, f"cannot reach the model: {type(exc).__name__}: {exc}"
         try:
-            body: Any = response.json()
-        except ValueError:
-            body = response.text
-        if response.status_code >= 400:
+            body: Any = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            body = data.decode("utf-8", "replace")
+        if status >= 400:
             text = body if isinstance(body, str) else orjson.dumps(body).decode()
-            return response.status_code, None, f"the model answered {response.status_code}: {text[:MAX_ERROR_CHARS]}"
-        return response.status_code, body, None
+            return status, None, f"the model answered {status}: {text[:MAX_ERROR_CHARS]}"
+        return status, body, None
 
     async def _finish(self, msg: Any, record: TaskRecord, revision: Optional[int], status: str, result: Any,
                       status_code: Optional[int], error: Optional[str], deliveries: int) -> None:
@@ -262,7 +320,7 @@ class Forwarder:
             if current[0].final:
                 break  # another delivery answered first: that answer stands
             revision = current[1]
-        await msg.ack_sync()
+        await msg.ack()  # after the write; not confirmed (see the module doc)
         self.metrics.outcome(self.queue.model, status.lower() if wrote else "duplicate")
         if wrote and final.callback_url:
             await self._callback(final)
@@ -270,7 +328,9 @@ class Forwarder:
     async def _callback(self, record: TaskRecord) -> None:
         """POST the final state to the task's ``callback_url`` (once; a failing receiver is logged)."""
         try:
-            await self.client.post(record.callback_url or "", content=orjson.dumps(record.public()),
-                                   headers={"content-type": "application/json"}, timeout=10.0)
-        except httpx.HTTPError as exc:
+            async with self.session().post(record.callback_url or "", data=orjson.dumps(record.public()),
+                                           headers={"content-type": "application/json"},
+                                           timeout=aiohttp.ClientTimeout(total=10.0)) as response:
+                await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             log.warning("callback for task %s failed: %s", record.task_id, type(exc).__name__)

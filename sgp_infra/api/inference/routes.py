@@ -36,6 +36,7 @@ from ..paging import DEFAULT_LIMIT, MAX_LIMIT, page_v5, sort_items
 from ..views import CatalogIndex
 from .call import CLIENT_GONE, InferenceCall, Streamed, stream_media_type
 from .gateway import Gateway, json_answer_bytes
+from .queued import V5_INFERENCE_PENDING, answering_pending, model_json, refuse_stream
 from .protocols import (Call, Op, backend_kind, backend_request, parse_delta, parse_result, parse_v4,
                         parse_v5_chat, parse_v5_completion, render_v4, render_v4_chunk, render_v5,
                         render_v5_chunk, validate_bindings)
@@ -122,13 +123,16 @@ class Typed(NamedTuple):
     render_chunk: Render
 
 
-def typed(gw: Gateway, t: Typed) -> InferenceCall:
+def typed(gw: Gateway, t: Typed, app: Any) -> InferenceCall:
     """Forward a typed call (completion, chat, embedding, rerank) and answer in the caller's shape.
 
     Works out the backend route, the shape spoken there (a 400 if the model's
     routes cannot answer the operation) and the body before the call is admitted.
+    An ASYNC model's call runs as a task (:mod:`.queued`); ``app`` holds its queue.
     """
     model, call, render, render_chunk = t
+    if call.stream:
+        refuse_stream(model)
     route = model.streaming_predict_route if call.stream else model.predict_route
     kind = backend_kind(model, call.op, route)
     payload = orjson.dumps(backend_request(call, kind, model))
@@ -136,7 +140,7 @@ def typed(gw: Gateway, t: Typed) -> InferenceCall:
 
     async def work() -> Response | Streamed:
         if not call.stream:
-            data = await gw.call_json(model, route, payload, timeouts)
+            data = await model_json(app, gw, model, route, payload, timeouts)
             return json_reply(model, render(call, kind, parse_result(kind, call.op, data)))
         answer = await gw.forward(model, route, payload, timeouts)
 
@@ -158,7 +162,7 @@ def typed(gw: Gateway, t: Typed) -> InferenceCall:
 
         return Streamed(answer, chunks(), "text/event-stream")
 
-    return InferenceCall(gw, model, call.op, work)
+    return InferenceCall(gw, model, call.op, answering_pending(work) if model.is_async else work)
 
 
 #: A typed route's checks: (catalogue index, caller, path parameters, JSON body) → the call, or an ApiError.
@@ -176,7 +180,8 @@ def _prepare_v4(op: Op) -> Prepare:
 def _v4_op(prepare: Prepare) -> Callable[..., Any]:
     async def endpoint(request: Request, model_deployment_id: str, who: Caller = Depends(caller)) -> Response:
         body = await read_body(request)
-        return typed(gateway_of(request), prepare(index_of(request), who, (model_deployment_id,), body))
+        return typed(gateway_of(request), prepare(index_of(request), who, (model_deployment_id,), body),
+                     request.app)
 
     return endpoint
 
@@ -216,13 +221,13 @@ _V5_COMPLETION = _prepare_v5(parse_v5_completion)
 @router.post("/v5/chat/completions", summary="Create a chat completion", tags=["v5 inference"])
 async def v5_chat(request: Request, who: Caller = Depends(caller)) -> Response:
     body = await read_body(request)
-    return typed(gateway_of(request), _V5_CHAT(index_of(request), who, (), body))
+    return typed(gateway_of(request), _V5_CHAT(index_of(request), who, (), body), request.app)
 
 
 @router.post("/v5/completions", summary="Create a completion", tags=["v5 inference"])
 async def v5_completion(request: Request, who: Caller = Depends(caller)) -> Response:
     body = await read_body(request)
-    return typed(gateway_of(request), _V5_COMPLETION(index_of(request), who, (), body))
+    return typed(gateway_of(request), _V5_COMPLETION(index_of(request), who, (), body), request.app)
 
 
 # --- raw operations (execute, /v5/inference) ---------------------------------------------
@@ -245,16 +250,22 @@ def _check_args(model: Model, args: dict[str, Any]) -> None:
         validate_bindings(model, args["model_request_parameters"])
 
 
-def _raw(gw: Gateway, model: Model, args: dict[str, Any], *, stream: bool, wrap: bool,
+def _raw(gw: Gateway, app: Any, model: Model, args: dict[str, Any], *, stream: bool, wrap: bool,
          read_timeout: Optional[float] = None, retries: Optional[int] = None) -> InferenceCall:
-    """Forward ``args`` untouched; ``wrap`` puts answers in ``generic_inference`` objects (v5)."""
+    """Forward ``args`` untouched; ``wrap`` puts answers in ``generic_inference`` objects (v5).
+
+    An ASYNC model's call runs as a task (:mod:`.queued`) waiting up to
+    ``read_timeout`` (the caller's ``timeout_seconds``), else the model's read timeout.
+    """
+    if stream:
+        refuse_stream(model)
     route = model.streaming_predict_route if stream else model.predict_route
     payload = orjson.dumps(args)
     timeouts = gw.timeouts(model, read_timeout)
 
     async def work() -> Response | Streamed:
         if not stream:
-            data = await gw.call_json(model, route, payload, timeouts, retries)
+            data = await model_json(app, gw, model, route, payload, timeouts, retries, read_timeout)
             return json_reply(model, {"response": data, "object": "generic_inference"} if wrap else data)
         answer = await gw.forward(model, route, payload, timeouts, retries)
         if not wrap:
@@ -272,7 +283,8 @@ def _raw(gw: Gateway, model: Model, args: dict[str, Any], *, stream: bool, wrap:
 
         return Streamed(answer, chunks(), "text/event-stream")
 
-    return InferenceCall(gw, model, "execute" if not wrap else "inference", work)
+    run = answering_pending(work, V5_INFERENCE_PENDING if wrap else None) if model.is_async else work
+    return InferenceCall(gw, model, "execute" if not wrap else "inference", run)
 
 
 @router.post("/v4/models/{model_instance_id}/deployments/{deployment_id}/execute",
@@ -288,7 +300,7 @@ async def execute(request: Request, model_instance_id: str, deployment_id: str,
         raise ApiError(422, "invalid request: stream: must be a boolean")
     if entry.model.endpoint_protocol.upper() == "SGP":
         _check_args(entry.model, body)
-    return _raw(gateway_of(request), entry.model, body, stream=stream, wrap=False)
+    return _raw(gateway_of(request), request.app, entry.model, body, stream=stream, wrap=False)
 
 
 @router.post("/v5/inference", summary="Run a model on a free-form request", tags=["v5 inference"])
@@ -309,7 +321,7 @@ async def inference(request: Request, who: Caller = Depends(caller)) -> Response
             raise ApiError(422, f"invalid request: inference_configuration.{key}: must be an integer >= {low}")
     _check_args(model, args)
     stream = args.get("stream") is True
-    return _raw(gateway_of(request), model, args, stream=stream, wrap=True,
+    return _raw(gateway_of(request), request.app, model, args, stream=stream, wrap=True,
                 read_timeout=float(min(timeout, MAX_TIMEOUT_SECONDS)) if timeout else None,
                 retries=min(retries, MAX_RETRIES) if retries is not None else None)
 

@@ -88,11 +88,9 @@ async def get_async_task(request: Request, task_id: str,
     if not is_task_id(task_id):
         raise missing
     service = task_service(request)
-    record = await service.get(task_id)
+    record = await service.read(task_id, wait, lambda r: who.can_see(r.account_id))
     if record is None or not who.can_see(record.account_id):
         raise missing
-    if wait > 0 and not record.final:
-        record = await service.wait(task_id, wait, record) or record
     return json_response(record.public())
 
 

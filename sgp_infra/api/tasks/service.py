@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import orjson
 from nats.errors import Error as NatsError
@@ -164,28 +164,36 @@ class TaskService:
             return None
         return found[0]
 
-    async def wait(self, task_id: str, timeout: float, record: Optional[TaskRecord] = None) -> Optional[TaskRecord]:
-        """The record once final, or as it stands after ``timeout`` seconds."""
-        if record is not None and record.final:
-            return record
+    async def read(self, task_id: str, wait: float = 0.0,
+                   visible: Callable[[TaskRecord], bool] = lambda record: True) -> Optional[TaskRecord]:
+        """The record (``None`` if unknown or expired); with ``wait``, held until it is final, at most
+        ``wait`` seconds, if ``visible`` (the caller may see it).
+
+        The waiter is registered before the one read, so an answer written in between is either read
+        or delivered: one round trip to the bucket, however long the wait.
+        """
+        if wait <= 0:
+            return await self.get(task_id)
         future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, []).append(future)
         try:
-            # Read after registering: an answer written in between is either seen here or delivered.
             current = await self.get(task_id)
-            if current is not None and current.final:
+            if current is None or current.final or not visible(current):
                 return current
             try:
-                return await asyncio.wait_for(future, max(0.0, timeout))
+                return await asyncio.wait_for(future, wait)
             except asyncio.TimeoutError:
                 return await self.get(task_id)
         finally:
-            waiters = self._waiters.get(task_id)
-            if waiters is not None:
-                if future in waiters:
-                    waiters.remove(future)
-                if not waiters:
-                    self._waiters.pop(task_id, None)
+            self._forget(task_id, future)
+
+    def _forget(self, task_id: str, future: "asyncio.Future[TaskRecord]") -> None:
+        waiters = self._waiters.get(task_id)
+        if waiters is not None:
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiters.pop(task_id, None)
 
     async def enqueue_and_wait(self, model: Model, args_bytes: bytes, timeout: float) -> TaskOutcome:
         """Queue the task (``args_bytes``: the JSON body for the model's predict route) and wait up to ``timeout``."""
