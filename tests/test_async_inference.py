@@ -68,13 +68,28 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         server.stop()
 
 
+#: The official clients a test made; closed after it (their connection pools would leak sockets).
+_clients: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def v4(env: Env, key: str = DEV_KEY) -> scale_gp.SGPClient:
-    return scale_gp.SGPClient(api_key=key, base_url=env.url, max_retries=0, _strict_response_validation=True)
+    client = scale_gp.SGPClient(api_key=key, base_url=env.url, max_retries=0, _strict_response_validation=True)
+    _clients.append(client)
+    return client
 
 
 def v5(env: Env, key: str = DEV_KEY, account: str = "dev-account") -> scale_gp_beta.SGPClient:
-    return scale_gp_beta.SGPClient(api_key=key, base_url=env.url, account_id=account, max_retries=0,
-                                   _strict_response_validation=True)
+    client = scale_gp_beta.SGPClient(api_key=key, base_url=env.url, account_id=account, max_retries=0,
+                                     _strict_response_validation=True)
+    _clients.append(client)
+    return client
 
 
 def test_v5_inference_on_an_async_model(env: Env) -> None:
