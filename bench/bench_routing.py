@@ -4,6 +4,7 @@ Not a test (nothing here asserts timing).  Run from the repository root:
 
     venv/bin/python bench/bench_routing.py            # ~75 s: three strategies, 8 s warm-up + 16 s measured each
     venv/bin/python bench/bench_routing.py --quick    # a few seconds, a smaller load (a smoke run)
+    venv/bin/python bench/bench_routing.py --via-api  # the same through the real API (serve --backend M=U1,U2,...)
 
 Method
 ------
@@ -55,16 +56,28 @@ prompts are short next to the conversations (~200 tokens against a ~480-token
 first turn and ~100 tokens per later turn): a long shared system prompt is
 cached on every replica whatever the routing, and narrows the difference.
 
-Strategies, routed in this process by :class:`sgp_infra.api.inference.routing.Replicas`
-(the gateway integration will route the same way; ``route`` is the one place
-a call's pod is chosen, so pointing the bench at a real API with several
-``--backend`` URLs replaces only that function: ``--via-api`` is reserved
-for it):
+Strategies, routed by default in this process by
+:class:`sgp_infra.api.inference.routing.Replicas` (``Router.route`` is the one
+place a call's pod is chosen), the way the API's gateway routes:
 
 * ``service``: what kube-proxy does today, a uniformly random pod per call;
 * ``least-load``: fewest calls in flight from this router;
 * ``prefix-affinity``: CHWBL over :func:`~sgp_infra.api.inference.routing.chat_prefix_key`
   (system prompt + first user turn), bound factor ``--bound-factor`` (1.25).
+
+``--via-api`` sends the same workload through the real API instead: for each
+strategy a fresh fleet and a ``python -m sgp_infra serve`` subprocess
+(``--status none``, one worker) on a temporary stack holding one VLLM chat
+model per strategy (``inference.routing``, ``load_bound_factor``), with the
+fleet as ``--backend sim-<strategy>=URL1,URL2,...``.  The client sends v5
+chat completions (``/v5/chat/completions``, streamed); the API passes the
+backend's events, usage included, through.  For ``service`` the model's one
+backend URL is a stand-in for kube-proxy in this process (each call to a
+uniformly random replica, streamed through: one more loopback hop).  Hits
+and spills come from the API's ``sgp_infra_model_routing_total`` (read at the
+end of the warm-up and of the run).  In-process routing stays the default:
+the figures then depend on the routing alone, not on the API's CPU on a
+shared machine, and a run needs no subprocess.
 
 Reported per strategy: TTFT p50/p99 (client-side: request sent → first
 token event), completed requests per second in the measured window, the

@@ -390,3 +390,35 @@ def test_per_pod_metrics_count_a_stream_until_it_ends() -> None:
                      f'sgp_infra_model_routing_total{{model="{label}",outcome="hit"}} 1.0',
                      f'sgp_infra_model_requests_in_flight{{model="{label}"}} 0.0'):
             assert line in text, line
+
+
+# --- serve --backend MODEL=URL1,URL2 ------------------------------------------------------------------
+
+
+def test_serve_backend_lists_are_checked_and_the_first_url_is_the_service() -> None:
+    import argparse
+
+    import pytest
+
+    from sgp_infra.api.common import model_base_url
+    from sgp_infra.cli.serve import backend_arg
+    from sgp_infra.cli.serving import build_status
+
+    assert backend_arg("chat=http://127.0.0.1:5005/") == ("chat", "http://127.0.0.1:5005")
+    assert backend_arg("chat=http://127.0.0.1:5005/, http://127.0.0.1:5006") == (
+        "chat", "http://127.0.0.1:5005,http://127.0.0.1:5006")
+    for bad in ("chat=http://a:1,http://a:1", "chat=http://a:1,", "chat=http://a:1,ftp://b:2", "chat"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            backend_arg(bad)
+    catalog = make_catalog()
+    backends = {CHAT: "http://127.0.0.1:5005,http://127.0.0.1:5006"}
+    model = catalog.models[CHAT]
+    assert model_base_url(model, backends, "ns") == "http://127.0.0.1:5005"
+    status = build_status("probe", catalog, None, backends)
+    assert status.targets[model.object_name] == "http://127.0.0.1:5005/readyz"  # type: ignore[attr-defined]
+    app = make_app(catalog, backends)
+    sources = app.state.endpoint_sources
+    assert len(sources) == 1 and sources[0].pods(model.object_name) == {"http://127.0.0.1:5005",
+                                                                         "http://127.0.0.1:5006"}
+    # one URL: the Service stand-in, as before routing (no pods, no EndpointSlice watch without Kubernetes)
+    assert make_app(catalog, {CHAT: "http://127.0.0.1:5005"}).state.endpoint_sources == []
