@@ -106,7 +106,7 @@ class Fleet:
         site = web.TCPSite(r.runner, "127.0.0.1", r.port, reuse_address=True)
         await site.start()
         if not r.port:
-            r.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            r.port = r.runner.addresses[0][1]
 
     async def _stop(self, r: Replica) -> None:
         if r.runner is not None:
