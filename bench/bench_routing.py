@@ -4,6 +4,7 @@ Not a test (nothing here asserts timing).  Run from the repository root:
 
     venv/bin/python bench/bench_routing.py            # ~75 s: three strategies, 8 s warm-up + 16 s measured each
     venv/bin/python bench/bench_routing.py --quick    # a few seconds, a smaller load (a smoke run)
+    venv/bin/python bench/bench_routing.py --via-api  # the same through the real API (serve --backend M=U1,U2,...)
 
 Method
 ------
@@ -55,16 +56,28 @@ prompts are short next to the conversations (~200 tokens against a ~480-token
 first turn and ~100 tokens per later turn): a long shared system prompt is
 cached on every replica whatever the routing, and narrows the difference.
 
-Strategies, routed in this process by :class:`sgp_infra.api.inference.routing.Replicas`
-(the gateway integration will route the same way; ``route`` is the one place
-a call's pod is chosen, so pointing the bench at a real API with several
-``--backend`` URLs replaces only that function: ``--via-api`` is reserved
-for it):
+Strategies, routed by default in this process by
+:class:`sgp_infra.api.inference.routing.Replicas` (``Router.route`` is the one
+place a call's pod is chosen), the way the API's gateway routes:
 
 * ``service``: what kube-proxy does today, a uniformly random pod per call;
 * ``least-load``: fewest calls in flight from this router;
 * ``prefix-affinity``: CHWBL over :func:`~sgp_infra.api.inference.routing.chat_prefix_key`
   (system prompt + first user turn), bound factor ``--bound-factor`` (1.25).
+
+``--via-api`` sends the same workload through the real API instead: for each
+strategy a fresh fleet and a ``python -m sgp_infra serve`` subprocess
+(``--status none``, one worker) on a temporary stack holding one VLLM chat
+model per strategy (``inference.routing``, ``load_bound_factor``), with the
+fleet as ``--backend sim-<strategy>=URL1,URL2,...``.  The client sends v5
+chat completions (``/v5/chat/completions``, streamed); the API passes the
+backend's events, usage included, through.  For ``service`` the model's one
+backend URL is a stand-in for kube-proxy in this process (each call to a
+uniformly random replica, streamed through: one more loopback hop).  Hits
+and spills come from the API's ``sgp_infra_model_routing_total`` (read at the
+end of the warm-up and of the run).  In-process routing stays the default:
+the figures then depend on the routing alone, not on the API's CPU on a
+shared machine, and a run needs no subprocess.
 
 Reported per strategy: TTFT p50/p99 (client-side: request sent → first
 token event), completed requests per second in the measured window, the
@@ -82,20 +95,27 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import random
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sgp_infra.api.auth import DEV_API_KEY  # noqa: E402
 from sgp_infra.api.inference.routing import (  # noqa: E402
     Choice, Lease, Replicas, Strategy, chat_prefix_key)
 
@@ -332,30 +352,45 @@ class Stats:
 
 
 class Router:
-    """The one place a call's pod is chosen (and counted in flight)."""
+    """The one place a call's pod is chosen (and counted in flight), in this process."""
 
     def __init__(self, strategy: Strategy, urls: list[str], p: Params):
         self.replicas = Replicas(strategy, urls, bound_factor=p.bound_factor, rng=random.Random(p.seed))
         self.rng = random.Random(p.seed + 1)
         self.urls = urls
 
-    def route(self, messages: list[dict[str, Any]]) -> tuple[str, Lease, Choice]:
+    def route(self, messages: list[dict[str, Any]]) -> tuple[str, Lease, Choice, dict[str, Any]]:
+        """``(URL, lease, choice, extra headers)`` of one call."""
         choice = self.replicas.pick(chat_prefix_key(messages))
         lease = self.replicas.acquire(choice)
         url = choice.pod or self.rng.choice(self.urls)  # the Service: kube-proxy's random pick
-        return url, lease, choice
+        return url + "/v1/chat/completions", lease, choice, {}
 
 
-async def one_call(session: ClientSession, router: Router, messages: list[dict[str, Any]], max_tokens: int,
-                   stats: Optional[Stats]) -> str:
-    url, lease, choice = router.route(messages)
+class ApiRouter:
+    """``--via-api``: every call goes to the real API, which picks the pod (``model``'s strategy)."""
+
+    def __init__(self, api: str, model: str):
+        self.url = api + "/v5/chat/completions"
+        self.model = f"launch/{model}"
+        self.headers = {"x-api-key": DEV_API_KEY}
+        self.nothing = Replicas("service")
+
+    def route(self, messages: list[dict[str, Any]]) -> tuple[str, Lease, Choice, dict[str, Any]]:
+        return self.url, self.nothing.acquire(None), Choice(None, "service"), self.headers
+
+
+async def one_call(session: ClientSession, router: "Router | ApiRouter", messages: list[dict[str, Any]],
+                   max_tokens: int, stats: Optional[Stats]) -> str:
+    url, lease, choice, headers = router.route(messages)
     sent = time.perf_counter()
     first: Optional[float] = None
     text: list[str] = []
     usage: dict[str, Any] = {}
+    model = getattr(router, "model", "sim")
     with lease:
-        async with session.post(url + "/v1/chat/completions",
-                                json={"model": "sim", "messages": messages, "max_tokens": max_tokens,
+        async with session.post(url, headers=headers,
+                                json={"model": model, "messages": messages, "max_tokens": max_tokens,
                                       "stream": True}) as resp:
             resp.raise_for_status()
             async for line in resp.content:
@@ -376,7 +411,7 @@ async def one_call(session: ClientSession, router: Router, messages: list[dict[s
     return "".join(text).strip()
 
 
-async def converse(session: ClientSession, router: Router, conv: Conversation, t0: float, p: Params,
+async def converse(session: ClientSession, router: "Router | ApiRouter", conv: Conversation, t0: float, p: Params,
                    stats: Stats) -> None:
     await asyncio.sleep(max(0.0, t0 + conv.start_s - time.perf_counter()))
     messages: list[dict[str, Any]] = [{"role": "system", "content": conv.system}]
@@ -398,14 +433,158 @@ async def converse(session: ClientSession, router: Router, conv: Conversation, t
         await asyncio.sleep(turn.think_s)
 
 
-async def run_strategy(strategy: Strategy, p: Params, convs: list[Conversation]) -> Stats:
+async def run_strategy(strategy: Strategy, p: Params, convs: list[Conversation], via_api: bool = False) -> Stats:
     stats = Stats()
     async with Fleet(p) as fleet:
-        router = Router(strategy, fleet.urls, p)
-        async with ClientSession(connector=TCPConnector(limit=0), timeout=ClientTimeout(total=120)) as session:
-            t0 = time.perf_counter() + 0.05
-            await asyncio.gather(*(converse(session, router, c, t0, p, stats) for c in convs))
+        if not via_api:
+            router = Router(strategy, fleet.urls, p)
+            await drive(router, p, convs, stats)
+            return stats
+        async with KubeProxy(fleet.urls, p.seed) as proxy:
+            # `service`: the API's Service is a kube-proxy stand-in (a random replica per call)
+            urls = [proxy.url] if strategy == "service" else fleet.urls
+            with Api(p, strategy, urls) as api:
+                model = model_name(strategy)
+                measured = asyncio.ensure_future(routing_counts_at(api.url, model, time.perf_counter() + 0.05
+                                                                   + p.warmup_s))
+                await drive(ApiRouter(api.url, model), p, convs, stats)
+                before = await measured
+                after = await routing_counts(api.url, model)
+                stats.outcomes = {k: int(after.get(k, 0) - before.get(k, 0)) for k in after}
     return stats
+
+
+async def drive(router: "Router | ApiRouter", p: Params, convs: list[Conversation], stats: Stats) -> None:
+    async with ClientSession(connector=TCPConnector(limit=0), timeout=ClientTimeout(total=120)) as session:
+        t0 = time.perf_counter() + 0.05
+        await asyncio.gather(*(converse(session, router, c, t0, p, stats) for c in convs))
+
+
+# --- --via-api: the real API in front of the fleet ---------------------------------------------------
+
+
+def model_name(strategy: str) -> str:
+    return f"sim-{strategy}"
+
+
+def stack_doc(p: Params) -> dict[str, Any]:
+    """A stack with one VLLM chat model per strategy (``inference.routing``), room for the whole load."""
+    bundle = {"registry": "ghcr.io/sgp-infra", "image": "sim", "tag": "1", "command": ["serve"],
+              "healthcheck_route": "/health", "predict_route": "/v1/chat/completions",
+              "streaming_predict_route": "/v1/chat/completions", "readiness_initial_delay_seconds": 5}
+    template = {"endpoint_type": "STREAMING", "model_type": "CHAT_COMPLETION", "endpoint_protocol": "VLLM",
+                "vendor_configuration": {"vendor": "LAUNCH", "bundle_config": bundle,
+                                         "endpoint_config": {"cpus": 1, "memory": "1Gi", "min_workers": 1,
+                                                             "max_workers": p.replicas, "per_worker": 1024}}}
+    models = {model_name(s): {"model_type": "CHAT_COMPLETION", "model_template_id": "sim",
+                              "inference": {"routing": s, "load_bound_factor": p.bound_factor}}
+              for s in STRATEGIES}
+    return {"config": {"sgp-infra:accountId": "bench", "sgp-infra:namespace": "bench",
+                       "sgp-infra:gpuProfile": "eks", "sgp-infra:templates": {"sim": template},
+                       "sgp-infra:models": models}}
+
+
+class Api:
+    """``python -m sgp_infra serve`` on a free loopback port, the model's replicas as ``--backend`` URLs."""
+
+    def __init__(self, p: Params, strategy: str, urls: list[str]):
+        self.p, self.strategy, self.urls = p, strategy, urls
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.dir = tempfile.TemporaryDirectory(prefix="bench-routing-")
+
+    def __enter__(self) -> "Api":
+        stack = Path(self.dir.name) / "Pulumi.bench.yaml"
+        stack.write_text(json.dumps(stack_doc(self.p)))  # JSON is YAML
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if k not in ("SGP_INFRA_API_KEYS", "PROMETHEUS_MULTIPROC_DIR")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sgp_infra", "serve", "--config-file", str(stack), "--port", str(port),
+             "--status", "none", "--no-access-log", "--log-level", "warning", "--workers", "1",
+             "--backend", f"{model_name(self.strategy)}={','.join(self.urls)}"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                self.__exit__()
+                raise RuntimeError(f"the API did not start: {err[-2000:]}")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.dir.cleanup()
+
+
+class KubeProxy:
+    """What the Service does for ``service``: each call to a uniformly random replica (one more
+    loopback hop, streamed through), so the API's ``service`` strategy is compared fairly."""
+
+    def __init__(self, urls: list[str], seed: int):
+        self.urls = urls
+        self.rng = random.Random(seed + 2)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        target = self.rng.choice(self.urls) + request.path
+        async with self.session.post(target, data=body, headers={"content-type": "application/json"}) as up:
+            response = web.StreamResponse(status=up.status,
+                                          headers={"content-type": up.headers.get("content-type", "")})
+            await response.prepare(request)
+            async for chunk in up.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    async def __aenter__(self) -> "KubeProxy":
+        self.session = ClientSession(connector=TCPConnector(limit=0), timeout=ClientTimeout(total=120))
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self.runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+        await self.session.close()
+
+
+async def routing_counts(api: str, model: str) -> dict[str, float]:
+    """The API's ``sgp_infra_model_routing_total`` for ``model``, by outcome."""
+    async with ClientSession() as session:
+        async with session.get(api + "/metrics") as r:
+            text = await r.text()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sgp_infra_model_routing_total" and sample.labels.get("model") == model:
+                out[sample.labels["outcome"]] = sample.value
+    return out
+
+
+async def routing_counts_at(api: str, model: str, when: float) -> dict[str, float]:
+    await asyncio.sleep(max(0.0, when - time.perf_counter()))
+    return await routing_counts(api, model)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -458,13 +637,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
                         help="comma-separated, 'service' first (the baseline)")
-    parser.add_argument("--via-api", metavar="URL", default=None,
-                        help="reserved: send through a running API configured with the fleet as --backend URLs "
-                             "(not available until the gateway routes across replicas)")
+    parser.add_argument("--via-api", action="store_true",
+                        help="send every call through the real API (a `serve` subprocess per strategy, the "
+                             "fleet as --backend URLs) instead of routing in this process")
     args = parser.parse_args(argv)
-    if args.via_api:
-        parser.error("--via-api is not available yet: the gateway does not route across replicas; the bench "
-                     "routes in-process with routing.Replicas")
     p = Params(replicas=args.replicas, slots=args.slots, cache_tokens=args.cache_tokens, prefill_ms=args.prefill_ms,
                decode_ms=args.decode_ms, bound_factor=args.bound_factor, seed=args.seed,
                **(QUICK if args.quick else {}))
@@ -479,6 +655,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"--strategies: 'service' first, then any of {', '.join(STRATEGIES[1:])}")
     convs = workload(p)
     turns = sum(len(c.turns) for c in convs)
+    print(f"routing: {'through the API (serve --backend MODEL=URL1,...)' if args.via_api else 'in this process'}")
     print(f"fleet: {p.replicas} replicas x {p.slots} slots, cache {p.cache_tokens} tokens each, prefill "
           f"{p.prefill_ms} ms/token, decode {p.decode_ms} ms/token")
     print(f"workload: {len(convs)} conversations ({turns} turns) over {p.warmup_s + p.measure_s:.0f} s, seed {p.seed}; "
@@ -490,7 +667,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"that")
     results: dict[str, Stats] = {}
     for strategy in strategies:
-        results[strategy] = asyncio.run(run_strategy(strategy, p, convs))  # type: ignore[arg-type]
+        results[strategy] = asyncio.run(run_strategy(strategy, p, convs, args.via_api))  # type: ignore[arg-type]
     print("\n".join(report(p, results)))
     return 0
 

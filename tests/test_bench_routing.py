@@ -20,7 +20,15 @@ def test_the_routing_bench_runs_and_prints_a_table() -> None:
     assert "prefix-affinity cache hit rate" in done.stdout and "least-load TTFT p99" in done.stdout
 
 
-def test_via_api_is_refused_until_the_gateway_routes() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_routing.py"), "--via-api", "http://x"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "--via-api is not available yet" in done.stderr
+def test_via_api_sends_the_workload_through_serve_and_reads_the_picks_from_its_metrics() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_routing.py"), "--quick", "--via-api",
+                           "--strategies", "service,prefix-affinity"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "routing: through the API" in done.stdout
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.count("ms ") == 2}
+    for strategy in ("service", "prefix-affinity"):
+        assert strategy in rows and rows[strategy][-1] == "0", done.stdout  # no errors
+        assert float(rows[strategy][3]) > 0, done.stdout
+    hits, spills = (int(n) for n in rows["prefix-affinity"][-2].split("/"))
+    assert hits > 0, done.stdout  # counted by the API's sgp_infra_model_routing_total

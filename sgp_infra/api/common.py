@@ -21,11 +21,12 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 def model_base_url(model: Model, backends: Mapping[str, str], namespace: str) -> str:
     """Where a model answers: its ``serve --backend`` override (by name or object
-    name), else its in-cluster Service; no trailing slash."""
+    name; the first URL of a ``URL1,URL2`` list), else its in-cluster Service; no
+    trailing slash."""
     url = backends.get(model.name) or backends.get(model.object_name)
     if url is None:
         url = f"http://{model.object_name}.{namespace}.svc.cluster.local"
-    return url.rstrip("/")
+    return url.split(",", 1)[0].strip().rstrip("/")
 
 
 def index_of(request: Request) -> CatalogIndex:

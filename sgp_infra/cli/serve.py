@@ -68,9 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "spreads connections over them (one process uses one core; in a cluster, scale "
                              "the Deployment's replicas instead)")
     add_limit_args(parser)
-    parser.add_argument("--backend", dest="backends", metavar="MODEL=URL", action="append", type=backend_arg,
-                        default=[], help="send MODEL's inference to URL instead of its in-cluster Service "
-                                         "(repeatable), e.g. --backend echo=http://127.0.0.1:5005")
+    parser.add_argument("--backend", dest="backends", metavar="MODEL=URL,...", action="append",
+                        type=backend_arg, default=[],
+                        help="send MODEL's inference to URL instead of its in-cluster Service (repeatable), "
+                             "e.g. --backend echo=http://127.0.0.1:5005; several URLs are the model's "
+                             "replicas, routed by its strategy (docs/inference.md)")
     add_local_async_args(parser)  # ASYNC models: --nats, --nats-store, --no-forwarders (docs/async.md)
     parser.set_defaults(run=run)
 
@@ -110,11 +112,21 @@ def positive_int(text: str) -> int:
 
 
 def backend_arg(text: str) -> tuple[str, str]:
-    """``MODEL=URL`` → ``(model, url)``; argparse reports a malformed value as a usage error."""
+    """``MODEL=URL`` or ``MODEL=URL1,URL2,...`` → ``(model, "URL1,URL2")`` (no trailing
+    slashes); argparse reports a malformed value as a usage error."""
     name, sep, url = text.partition("=")
     if not sep or not name or not url.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"expected MODEL=http://host:port, got {text!r}")
-    return name, url.rstrip("/")
+        raise argparse.ArgumentTypeError(f"expected MODEL=http://host:port[,http://host:port...], got {text!r}")
+    if "," not in url:
+        return name, url.rstrip("/")
+    try:
+        from ..api.inference.endpoints import parse_backend_urls
+    except ImportError:  # no api extra: serve says so before using the value
+        return name, url
+    try:
+        return name, ",".join(parse_backend_urls(url))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--backend {name}: {exc}") from None
 
 
 def write_target(args: argparse.Namespace) -> tuple[Optional[str], Optional[str]]:

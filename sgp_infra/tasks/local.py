@@ -117,12 +117,13 @@ class LocalNats:
 
 
 def async_models_with_backends(catalog: Catalog, backends: Mapping[str, str]) -> dict[str, str]:
-    """ASYNC model name → backend URL, for models given a ``--backend`` (by name or object name)."""
+    """ASYNC model name → backend URL, for models given a ``--backend`` (by name or object name;
+    the first URL of a ``URL1,URL2`` list: one forwarder per model)."""
     out: dict[str, str] = {}
     for model in catalog.models.values():
         url = backends.get(model.name) or backends.get(model.object_name)
         if model.is_async and url:
-            out[model.name] = url
+            out[model.name] = url.split(",", 1)[0]
     return out
 
 

@@ -1,16 +1,26 @@
-"""One inference call's dealings with its model: admission, cold-start hold, forwarding.
+"""One inference call's dealings with its model: admission, cold-start hold, routing, forwarding.
 
 The :class:`Gateway` is created once per app (``install``) and owns the
 upstream client (:mod:`.upstream`, the connection pool), the waker (one poll
-task per waking model) and the per-model in-flight counts behind the 429 cap.
+task per waking model), the per-model in-flight counts behind the 429 cap and
+the routing state (:class:`~.routing.Routing`: every model's pods, their
+calls in flight and the pods being skipped).
 
-Where a call goes and how it gets there, as hooks for routing across replicas:
+Where a call goes and how it gets there:
 
-* :meth:`Gateway.base_url` chooses the base URL of one attempt (today the
-  ``serve --backend`` override, else the model's Service);
+* :meth:`Gateway.pick` chooses the destination of one attempt: a pod of the
+  model (its strategy, the call's prefix key, the pods already tried
+  excluded), else its Service (``base_url``: the ``serve --backend`` URL or
+  the in-cluster Service) when no pod is known or the strategy is ``service``;
 * :meth:`~.upstream.Upstream.attempt` forwards one attempt to one URL;
 * :meth:`Gateway.forward` is the loop between them: hold while the model
-  wakes, then attempts with the only safe retries (connection refused, 503).
+  wakes (only when no ready pod is known), then attempts with the only safe
+  retries (connection refused, 503), each retry on a pod not tried yet.
+
+A call is counted in flight on its pod (a :class:`PodLease`) from its attempt
+until the answer is closed, streams included; a pod that refused, reset, did
+not accept a connection in time or answered 503 is skipped for
+``InferenceSettings.routing_skip_seconds``.
 """
 
 from __future__ import annotations
@@ -20,11 +30,13 @@ import time
 from typing import Any, AsyncIterator, Mapping, Optional
 
 import orjson
+from prometheus_client import Gauge
 
 from ...catalog import Model
 from ..common import model_base_url
 from ..status import StatusSource
 from .metrics import InferenceMetrics
+from .routing import Lease, Replicas, Routing, Strategy, check_strategy
 from .settings import InferenceSettings, Timeouts
 from .streams import Event, EventSplitter, EventTooLarge
 from .upstream import Answer, Upstream, UpstreamError, parse_json
@@ -57,6 +69,37 @@ class Slot:
         g.metrics.answered(self.label, self.operation, code, error_kind)
 
 
+class PodLease:
+    """One attempt counted in flight on its pod: the routing :class:`~.routing.Lease` and the
+    per-pod gauge, released together, once (a lease for the Service counts nothing)."""
+
+    __slots__ = ("lease", "gauge")
+
+    def __init__(self, lease: Lease, gauge: Optional[Gauge]):
+        self.lease = lease
+        self.gauge = gauge
+        if gauge is not None:
+            gauge.inc()
+
+    def release(self) -> None:
+        if not self.lease.released:
+            self.lease.release()
+            if self.gauge is not None:
+                self.gauge.dec()
+
+    def failed(self) -> None:
+        """The pod looks down: skip it for a while, and release."""
+        if not self.lease.released:
+            self.lease.failed()
+            if self.gauge is not None:
+                self.gauge.dec()
+
+
+def pod_label(pod: str) -> str:
+    """A pod's ``pod`` metric label: its base URL without the scheme (``10.1.2.3:8000``)."""
+    return pod.partition("://")[2] or pod
+
+
 class Gateway:
     def __init__(self, settings: InferenceSettings, metrics: InferenceMetrics, status: StatusSource,
                  backends: Mapping[str, str], namespace: str):
@@ -69,6 +112,8 @@ class Gateway:
         self.waker = Waker(settings.wake_poll_interval, settings.ready_fresh_for)
         #: Calls in flight in this process, per model object name: the 429 cap's count.
         self.in_flight: dict[str, int] = {}
+        #: Every model's pods, by object name; fed by the endpoint sources (``install``).
+        self.routing = Routing(skip_seconds=settings.routing_skip_seconds)
 
     async def aclose(self) -> None:
         await self.waker.close()
@@ -77,9 +122,38 @@ class Gateway:
     # --- addressing ---------------------------------------------------------
 
     def base_url(self, model: Model) -> str:
-        """Where one attempt of a call to ``model`` goes: the ``serve --backend`` override,
-        else the model's in-cluster Service.  The one place a destination is chosen."""
+        """``model``'s Service: the ``serve --backend`` URL (the first of a list), else its
+        in-cluster Service.  Used when no pod is known, with the ``service`` strategy, and
+        for the cold-start probe when no pod is known."""
         return model_base_url(model, self.backends, self.namespace)
+
+    def replicas(self, model: Model) -> Replicas:
+        """``model``'s routing state, with its catalogue strategy and bound factor."""
+        inference = model.inference
+        strategy: Strategy = check_strategy(inference.routing)
+        return self.routing.replicas(model.object_name, strategy, inference.load_bound_factor)
+
+    def pick(self, model: Model, replicas: Replicas, key: Optional[bytes], tried: set[str]) -> tuple[str, PodLease]:
+        """The base URL of one attempt, counted in flight there until the lease is released.
+
+        A pod by the model's strategy (``key``: the call's prefix key) among those
+        not ``tried`` yet; when every pod has been tried, among all of them again
+        (the skips still apply).  No pod known, or the ``service`` strategy: the Service.
+        """
+        choice = replicas.pick(key, exclude=tried)
+        if choice.outcome == "exhausted":
+            tried.clear()
+            choice = replicas.pick(key)
+        label = model.object_name
+        rm = self.metrics.routing
+        rm.routing.labels(label, choice.outcome).inc()
+        if choice.pod is None:
+            return self.base_url(model), PodLease(replicas.acquire(choice), None)
+        tried.add(choice.pod)
+        pod = pod_label(choice.pod)
+        rm.pod_requests.labels(label, pod).inc()
+        return choice.pod, PodLease(replicas.acquire(choice), rm.pod_in_flight.labels(label, pod))
+
 
     def timeouts(self, model: Model, read: Optional[float] = None) -> Timeouts:
         """``model``'s timeouts from the catalogue (``read`` lowers the read timeout for one call)."""
@@ -104,10 +178,20 @@ class Gateway:
     # --- readiness ----------------------------------------------------------------
 
     def ready_now(self, model: Model) -> bool:
-        """``True`` if :meth:`ensure_ready` would return at once (the model is up: no hold, no error)."""
+        """``True`` if :meth:`ensure_ready` would return at once (the model is up: no hold, no error).
+
+        Ready pods known (EndpointSlices, a ``--backend`` list) count as up too.
+        """
         key = model.object_name
         st = self.status.get(key)
-        return st.status not in _FAILED and (status_ready(st) or self.waker.recently_ok(key))
+        return st.status not in _FAILED and (status_ready(st) or self.waker.recently_ok(key)
+                                             or bool(self.routing.pods(key)))
+
+    async def probe(self, model: Model) -> bool:
+        """``True`` if the model answers its healthcheck: any of its known pods, else its Service."""
+        pods = sorted(self.routing.pods(model.object_name)) or [self.base_url(model)]
+        results = await asyncio.gather(*(self.upstream.probe(p + model.healthcheck_route) for p in pods))
+        return any(results)
 
     async def ensure_ready(self, model: Model, timeouts: Timeouts, *, trust_status: bool = True) -> None:
         """Return when the model can take the call; hold it while the model wakes, at most ``timeouts.hold``."""
@@ -118,13 +202,12 @@ class Gateway:
         if st.status in _FAILED:
             raise UpstreamError(503, "model_failed", f"model '{model.name}' is {st.status}"
                                 + (f": {st.reason}" if st.reason else ""), 60)
-        health = self.base_url(model) + model.healthcheck_route
         started = time.monotonic()
 
         def ready_now() -> bool:
             return trust_status and status_ready(self.status.get(key))
 
-        ready = await self.waker.wait(key, ready_now, lambda: self.upstream.probe(health), timeouts.hold,
+        ready = await self.waker.wait(key, ready_now, lambda: self.probe(model), timeouts.hold,
                                       timeouts.cold_start, on_start=self.metrics.wakeups.labels(key).inc)
         self.metrics.cold_start_wait.labels(key).observe(time.monotonic() - started)
         if ready is None:
@@ -138,40 +221,57 @@ class Gateway:
     # --- forwarding -----------------------------------------------------------------
 
     async def forward(self, model: Model, route: str, payload: bytes, timeouts: Timeouts,
-                      retries: Optional[int] = None) -> Answer:
+                      retries: Optional[int] = None, key: Optional[bytes] = None) -> Answer:
         """Hold while the model wakes, then send; the 2xx :class:`Answer` once its headers arrived.
 
+        ``key``: the call's prefix key for ``prefix-affinity`` (:func:`~.routing.prefix_key`;
+        ``None`` routes by load).  The answer keeps the call counted on its pod until it is closed.
+
         Retried, with exponential backoff, only when nothing can have reached
-        the model: a refused connection and a 503 answer.  Refused to the end
-        means no ready pods: the call is held once more (the wake-up probes
-        the model itself this time), then sent again.
+        the model: a refused connection and a 503 answer, each time on a pod
+        not tried yet when there is one.  Refused to the end means no ready
+        pods: the call is held once more (the wake-up probes the model itself
+        this time), then sent again.
         """
         await self.ensure_ready(model, timeouts)
         try:
-            answer = await self._attempts(model, route, payload, timeouts, retries)
+            answer = await self._attempts(model, route, payload, timeouts, retries, key)
         except UpstreamError as exc:
             if exc.kind != "connect":
                 raise
             self.waker.mark_down(model.object_name)
             await self.ensure_ready(model, timeouts, trust_status=False)
-            answer = await self._attempts(model, route, payload, timeouts, retries)
+            answer = await self._attempts(model, route, payload, timeouts, retries, key)
         self.waker.mark_ok(model.object_name)
         return answer
 
     async def _attempts(self, model: Model, route: str, payload: bytes, timeouts: Timeouts,
-                        retries: Optional[int]) -> Answer:
+                        retries: Optional[int], key: Optional[bytes] = None) -> Answer:
         retries = self.settings.retries if retries is None else retries
+        replicas = self.replicas(model)
+        tried: set[str] = set()
         attempt = 0
         while True:
-            url = self.base_url(model) + route
+            base, lease = self.pick(model, replicas, key, tried)
+            url = base + route
             try:
                 answer = await self.upstream.attempt(model.name, url, payload, timeouts)
             except UpstreamError as exc:
+                if exc.pod_down:
+                    lease.failed()
+                else:
+                    lease.release()
                 if exc.kind != "connect" or attempt >= retries:
                     if exc.kind == "connect":
                         exc.detail = f"{exc.detail} after {attempt + 1} attempts"
                     raise
+            except BaseException:  # cancelled while connecting: the call is over
+                lease.release()
+                raise
             else:
+                answer.on_close = lease.release
+                if answer.status == 503:
+                    lease.failed()
                 if answer.status == 503 and attempt < retries:
                     answer.close()
                 elif answer.status >= 300:
@@ -186,9 +286,9 @@ class Gateway:
             await asyncio.sleep(self.settings.backoff * (2 ** (attempt - 1)))
 
     async def call_json(self, model: Model, route: str, payload: bytes, timeouts: Timeouts,
-                        retries: Optional[int] = None) -> Any:
+                        retries: Optional[int] = None, key: Optional[bytes] = None) -> Any:
         """Forward and read the whole answer as JSON (502 if it is not JSON or over the size cap)."""
-        answer = await self.forward(model, route, payload, timeouts, retries)
+        answer = await self.forward(model, route, payload, timeouts, retries, key)
         return parse_json(model.name, await answer.read(self.settings.max_response_bytes))
 
     async def events(self, model: Model, answer: Answer) -> AsyncIterator[Event]:

@@ -43,9 +43,34 @@ class InferenceMetrics:
         self.wakeups = Counter("sgp_infra_model_wakeups_total",
                                "Cold-start wake-ups started (concurrent waiters share one)", ["model"],
                                registry=registry)
+        self.routing = RoutingMetrics(registry)
 
     def answered(self, model: str, operation: str, code: int, error_kind: str | None = None) -> None:
         """Count one finished call (and its failure's kind, if any)."""
         self.requests.labels(model, operation, str(code)).inc()
         if error_kind:
             self.errors.labels(model, error_kind).inc()
+
+
+#: ``sgp_infra_model_routing_total{outcome}`` values: how each attempt's destination was picked.
+ROUTING_OUTCOMES = ("hit", "spill", "least-load", "service")
+
+
+class RoutingMetrics:
+    """Routing across a model's pods (``docs/inference.md``, "Routing across replicas").
+
+    ``pod`` is the pod's address without the scheme (``10.1.2.3:8000``).  Series of
+    a pod that left stay (at 0 in flight) until the API restarts.
+    """
+
+    def __init__(self, registry: CollectorRegistry):
+        self.pod_in_flight = Gauge("sgp_infra_model_pod_requests_in_flight",
+                                   "Inference calls in flight from this API replica, per model pod",
+                                   ["model", "pod"], registry=registry, multiprocess_mode="livesum")
+        self.pod_requests = Counter("sgp_infra_model_pod_requests_total",
+                                    "Inference attempts sent to each model pod", ["model", "pod"],
+                                    registry=registry)
+        self.routing = Counter("sgp_infra_model_routing_total",
+                               "How attempts were routed: hit (the prefix's own pod), spill (a later pod on "
+                               "the ring), least-load, service (no pod known or the service strategy)",
+                               ["model", "outcome"], registry=registry)

@@ -55,16 +55,18 @@ def refuse_stream(model: Model) -> None:
 
 
 async def model_json(app: Any, gw: Gateway, model: Model, route: str, payload: bytes, timeouts: Timeouts,
-                     retries: Optional[int] = None, wait: Optional[float] = None) -> Any:
+                     retries: Optional[int] = None, wait: Optional[float] = None,
+                     key: Optional[bytes] = None) -> Any:
     """The model's JSON answer to ``payload``: forwarded (sync models) or run as a task (ASYNC models).
 
     For an ASYNC model the task waits up to ``wait`` seconds (default: the
     model's read timeout); ``route`` and ``retries`` do not apply (the
     forwarder calls the model's ``predict_route``; ``max_deliveries`` bounds
     the attempts).  Raises :class:`TaskPending` when the wait ends first.
+    ``key`` is the call's prefix key, for routing a sync call to a pod.
     """
     if not model.is_async:
-        return await gw.call_json(model, route, payload, timeouts, retries)
+        return await gw.call_json(model, route, payload, timeouts, retries, key=key)
     try:
         outcome = await enqueue_and_wait(app, model, payload, timeouts.read if wait is None else wait)
     except ApiError as exc:  # the broker cannot take the task (503), or the body is not JSON

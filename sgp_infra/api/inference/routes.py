@@ -40,6 +40,7 @@ from .queued import V5_INFERENCE_PENDING, answering_pending, model_json, refuse_
 from .protocols import (Call, Op, backend_kind, backend_request, parse_delta, parse_result, parse_v4,
                         parse_v5_chat, parse_v5_completion, render_v4, render_v4_chunk, render_v5,
                         render_v5_chunk, validate_bindings)
+from .routing import prefix_key
 from .streams import sse
 from .upstream import UpstreamError
 
@@ -137,12 +138,14 @@ def typed(gw: Gateway, t: Typed, app: Any) -> InferenceCall:
     kind = backend_kind(model, call.op, route)
     payload = orjson.dumps(backend_request(call, kind, model))
     timeouts = gw.timeouts(model)
+    # Where prefix-affinity sends the call (docs/inference.md, "Routing across replicas").
+    key = prefix_key(call) if model.inference.routing == "prefix-affinity" else None
 
     async def work() -> Response | Streamed:
         if not call.stream:
-            data = await model_json(app, gw, model, route, payload, timeouts)
+            data = await model_json(app, gw, model, route, payload, timeouts, key=key)
             return json_reply(model, render(call, kind, parse_result(kind, call.op, data)))
-        answer = await gw.forward(model, route, payload, timeouts)
+        answer = await gw.forward(model, route, payload, timeouts, key=key)
 
         async def chunks() -> AsyncIterator[bytes]:
             async for event in gw.events(model, answer):

@@ -380,17 +380,30 @@ class Routing:
         self.models: dict[str, Replicas] = {}
         self._pods: dict[str, frozenset[str]] = {}
 
-    def replicas(self, name: str, strategy: Strategy = "least-load") -> Replicas:
-        """The model's state, created on first use; ``strategy`` is the model's current one
-        (a catalogue update may change it; the counts and the ring stay)."""
+    def replicas(self, name: str, strategy: Strategy = "least-load",
+                 bound_factor: Optional[float] = None) -> Replicas:
+        """The model's state, created on first use; ``strategy`` and ``bound_factor`` are the
+        model's current ones (the catalogue's ``inference.routing`` and ``load_bound_factor``;
+        ``None``: this Routing's default).  A catalogue update may change them; the counts
+        and the ring stay."""
+        bound = self.bound_factor if bound_factor is None else bound_factor
         r = self.models.get(name)
         if r is None:
-            r = self.models[name] = Replicas(strategy, self._pods.get(name, ()), bound_factor=self.bound_factor,
+            r = self.models[name] = Replicas(strategy, self._pods.get(name, ()), bound_factor=bound,
                                              skip_seconds=self.skip_seconds, vnodes=self.vnodes, clock=self.clock,
                                              rng=self.rng)
-        elif r.strategy != strategy:
+            return r
+        if r.strategy != strategy:
             r.strategy = check_strategy(strategy)
+        if r.bound_factor != bound:
+            if not bound >= 1.0:
+                raise ValueError(f"bound_factor must be at least 1.0 (got {bound})")
+            r.bound_factor = bound
         return r
+
+    def pods(self, name: str) -> frozenset[str]:
+        """The model's known ready pods (empty: no endpoint information, use the Service)."""
+        return self._pods.get(name, frozenset())
 
     def on_change(self, name: str, pods: frozenset[str]) -> None:
         """A model's ready pods changed (an empty set: no endpoint information, use the Service)."""

@@ -24,7 +24,7 @@ call may lower its own read timeout with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from ...catalog import Model
 
@@ -74,6 +74,14 @@ class InferenceSettings:
     keepalive_seconds: float = 4.0
     #: Backend connections open at once, over every model.
     pool_limit: int = 1024
+    #: Seconds a model pod is skipped after it refused a connection, reset it before answering,
+    #: did not accept one in time, or answered 503 (``docs/inference.md``, "Routing across replicas").
+    routing_skip_seconds: float = 5.0
+    #: Watch the models' EndpointSlices and send calls to their pods: ``None`` (default) when model
+    #: status comes from Kubernetes (``serve --status kubernetes``, the default in a pod).
+    endpoint_slices: Optional[bool] = None
+    #: A ``kubernetes_asyncio`` ``Configuration`` for the EndpointSlice watch (tests); ``None``: the pod's own.
+    kube_configuration: Any = None
 
     def timeouts(self, model: Model, read: Optional[float] = None) -> Timeouts:
         """``model``'s timeouts from the catalogue; ``read`` lowers the read timeout for one call."""

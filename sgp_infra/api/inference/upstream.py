@@ -33,7 +33,7 @@ import time
 import zlib
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
-from typing import Any, AsyncIterator, Mapping, Optional
+from typing import Any, AsyncIterator, Callable, Mapping, Optional
 
 import aiohttp
 import orjson
@@ -55,12 +55,16 @@ PROBE_HEADERS = {"accept": "*/*", "accept-encoding": "identity"}
 class UpstreamError(Exception):
     """A failure to answer from the backend, as the API reports it."""
 
-    def __init__(self, status: int, kind: str, detail: str, retry_after: Optional[int] = None):
+    def __init__(self, status: int, kind: str, detail: str, retry_after: Optional[int] = None,
+                 pod_down: bool = False):
         super().__init__(detail)
         self.status = status
         self.kind = kind
         self.detail = detail
         self.retry_after = retry_after
+        #: The backend looks down (refused, reset before answering, no connection in time):
+        #: routing skips the pod for a while (``docs/inference.md``, "Health").
+        self.pod_down = pod_down
 
 
 def retry_after_seconds(value: Optional[str], low: int = 1, high: int = 300,
@@ -115,6 +119,8 @@ class Answer:
             self.encoding_error = str(exc)
         self._complete = False
         self._closed = False
+        #: Called once when the answer is closed (the gateway ends the call's pod lease there).
+        self.on_close: Optional[Callable[[], None]] = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Decoded body bytes as they arrive, each piece at most 64 KiB."""
@@ -202,6 +208,9 @@ class Answer:
             self.response.release()
         else:
             self.response.close()
+        if self.on_close is not None:
+            callback, self.on_close = self.on_close, None
+            callback()
 
     async def aclose(self) -> None:
         self.close()
@@ -264,10 +273,10 @@ class Upstream:
             raise UpstreamError(502, "protocol", f"model '{label}': TLS failure ({describe(exc)})") from None
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamError(504, "connect_timeout", f"model '{label}' did not accept a connection within "
-                                f"{timeouts.connect:g} s", self.settings.retry_after) from None
+                                f"{timeouts.connect:g} s", self.settings.retry_after, pod_down=True) from None
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(503, "connect", f"model '{label}' is not accepting connections at {url} "
-                                f"({describe(exc)})", self.settings.retry_after) from None
+                                f"({describe(exc)})", self.settings.retry_after, pod_down=True) from None
         except aiohttp.ServerTimeoutError:
             raise UpstreamError(504, "read_timeout", f"model '{label}' did not answer within "
                                 f"{timeouts.read:g} s") from None
@@ -276,7 +285,8 @@ class Upstream:
                                 f"({exc.message})") from None
         except (aiohttp.ClientError, ValueError) as exc:
             raise UpstreamError(502, "protocol", f"model '{label}' broke the connection before answering "
-                                f"({describe(exc)})") from None
+                                f"({describe(exc)})",
+                                pod_down=isinstance(exc, aiohttp.ClientConnectionError)) from None
         self.metrics.upstream_latency.labels(label).observe(time.monotonic() - sent_at)
         return Answer(label, response, timeouts, sent_at)
 
