@@ -238,7 +238,7 @@ class Fleet:
         self.runners: list[web.AppRunner] = []
         self.urls: list[str] = []
 
-    async def __aenter__(self) -> "Fleet":
+    async def __aenter__(self) -> Fleet:
         for _ in range(self.p.replicas):
             app = web.Application()
             app.router.add_post("/v1/chat/completions", Engine(self.p).handle)
@@ -380,7 +380,7 @@ class ApiRouter:
         return self.url, self.nothing.acquire(None), Choice(None, "service"), self.headers
 
 
-async def one_call(session: ClientSession, router: "Router | ApiRouter", messages: list[dict[str, Any]],
+async def one_call(session: ClientSession, router: Router | ApiRouter, messages: list[dict[str, Any]],
                    max_tokens: int, stats: Optional[Stats]) -> str:
     url, lease, choice, headers = router.route(messages)
     sent = time.perf_counter()
@@ -411,7 +411,7 @@ async def one_call(session: ClientSession, router: "Router | ApiRouter", message
     return "".join(text).strip()
 
 
-async def converse(session: ClientSession, router: "Router | ApiRouter", conv: Conversation, t0: float, p: Params,
+async def converse(session: ClientSession, router: Router | ApiRouter, conv: Conversation, t0: float, p: Params,
                    stats: Stats) -> None:
     await asyncio.sleep(max(0.0, t0 + conv.start_s - time.perf_counter()))
     messages: list[dict[str, Any]] = [{"role": "system", "content": conv.system}]
@@ -454,7 +454,7 @@ async def run_strategy(strategy: Strategy, p: Params, convs: list[Conversation],
     return stats
 
 
-async def drive(router: "Router | ApiRouter", p: Params, convs: list[Conversation], stats: Stats) -> None:
+async def drive(router: Router | ApiRouter, p: Params, convs: list[Conversation], stats: Stats) -> None:
     async with ClientSession(connector=TCPConnector(limit=0), timeout=ClientTimeout(total=120)) as session:
         t0 = time.perf_counter() + 0.05
         await asyncio.gather(*(converse(session, router, c, t0, p, stats) for c in convs))
@@ -492,7 +492,7 @@ class Api:
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.dir = tempfile.TemporaryDirectory(prefix="bench-routing-")
 
-    def __enter__(self) -> "Api":
+    def __enter__(self) -> Api:
         stack = Path(self.dir.name) / "Pulumi.bench.yaml"
         stack.write_text(json.dumps(stack_doc(self.p)))  # JSON is YAML
         with socket.socket() as s:
@@ -552,7 +552,7 @@ class KubeProxy:
             await response.write_eof()
             return response
 
-    async def __aenter__(self) -> "KubeProxy":
+    async def __aenter__(self) -> KubeProxy:
         self.session = ClientSession(connector=TCPConnector(limit=0), timeout=ClientTimeout(total=120))
         app = web.Application()
         app.router.add_post("/{tail:.*}", self.handle)
@@ -663,7 +663,8 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{p.measure_s:.0f} s measured per strategy")
     live = live_prefix_tokens(p, convs)
     print(f"live conversation prefixes: ~{live / 1000:.0f}k tokens in all, ~{live / p.replicas / 1000:.1f}k per "
-          f"replica when each conversation stays on one; cache per replica = {p.cache_tokens / (live / p.replicas):.2f}x "
+          f"replica when each conversation stays on one; "
+          f"cache per replica = {p.cache_tokens / (live / p.replicas):.2f}x "
           f"that")
     results: dict[str, Stats] = {}
     for strategy in strategies:

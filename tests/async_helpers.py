@@ -82,7 +82,7 @@ class Backend:
     async def ready(self, _request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    def start(self) -> "Backend":
+    def start(self) -> Backend:
         app = Starlette(routes=[Route("/predict", self.predict, methods=["POST"]), Route("/readyz", self.ready)])
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False,
                                 log_level="critical", lifespan="off")

@@ -60,7 +60,7 @@ def test_workers_and_every_limit_reach_the_serve_command_line() -> None:
     c = container(plan_api(catalog_with({"workers": 3, "limits": {"maxBodyBytes": 2 * 1024 * 1024,
                                                                    "headerTimeoutSeconds": 2.5}})))
     args = c["args"]
-    flags = dict(zip(args[1::2], args[2::2]))  # after "serve": --flag value pairs
+    flags = dict(zip(args[1::2], args[2::2], strict=True))  # after "serve": --flag value pairs
     assert flags["--workers"] == "3" and flags["--max-body-bytes"] == "2097152" and flags["--header-timeout"] == "2.5"
     assert flags["--max-headers"] == "100" and flags["--keep-alive-timeout"] == "75"
     assert flags["--max-connections"] == "1000" and flags["--max-header-bytes"] == "16384"

@@ -10,7 +10,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 import scale_gp_beta
 
 from api_helpers import ROOT

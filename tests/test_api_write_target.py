@@ -34,7 +34,8 @@ KEY = "k-0123456789"
 @pytest.mark.parametrize("stack, config_file, shown, flags", [
     ("prod", None, "stacks/Pulumi.prod.yaml", " --stack prod"),
     ("prod", "/etc/sgp-infra/catalog.json", "stacks/Pulumi.prod.yaml", " --stack prod"),
-    (None, "conf/Pulumi.staging.yaml", "conf/Pulumi.staging.yaml", " --stack staging --config-file conf/Pulumi.staging.yaml"),
+    (None, "conf/Pulumi.staging.yaml", "conf/Pulumi.staging.yaml",
+     " --stack staging --config-file conf/Pulumi.staging.yaml"),
     (None, "my catalog.yaml", "my catalog.yaml", " --config-file 'my catalog.yaml'"),
     (None, None, "stacks/Pulumi.<stack>.yaml", " --stack <stack>"),
 ])

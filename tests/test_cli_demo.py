@@ -30,7 +30,7 @@ def test_demo_runs_the_whole_flow_on_the_dev_stack(tmp_path: Path) -> None:
     assert "echo: v4 completions -> [['hello from sgp-infra', ['echo: hello from sgp-infra']]]" in out
     assert "t4-embedder: v5 inference ->" in out and "hello from sgp-infra" in out.split("t4-embedder: v5")[1]
     # the ASYNC model: a task queued on the local nats-server, run by its forwarder, polled to SUCCESS
-    line = next(l for l in out.splitlines() if l.startswith("transcriber: async task -> POST"))
+    line = next(text for text in out.splitlines() if text.startswith("transcriber: async task -> POST"))
     assert "POST /v1/async-tasks -> task" in line and "SUCCESS" in line and "hello from sgp-infra" in line
 
 

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from kubernetes_asyncio.client import Configuration
 
 from api_helpers import running
@@ -175,7 +175,7 @@ def test_slices_added_changed_and_removed_change_the_pod_sets() -> None:
     assert all(service in ("llama", "mistral") for service, _ in seen.calls)
     for service in ("llama", "mistral"):  # only changes are reported
         sets = [p for s, p in seen.calls if s == service]
-        assert all(a != b for a, b in zip(sets, sets[1:])), sets
+        assert all(a != b for a, b in zip(sets, sets[1:], strict=False)), sets
 
 
 def test_an_expired_or_dropped_watch_relists_and_catches_up() -> None:

@@ -296,7 +296,7 @@ def test_deeply_nested_json_is_400_on_every_inference_route(http: httpx.Client, 
 
 
 def test_nesting_within_the_limit_is_forwarded(http: httpx.Client) -> None:
-    r = http.post("/v4/models/sgp-echo/completions", content='{"prompt": "x", "extra": %s}' % _nested(60),
+    r = http.post("/v4/models/sgp-echo/completions", content=f'{{"prompt": "x", "extra": {_nested(60)}}}',
                   headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
 

@@ -113,7 +113,7 @@ class Fleet:
             await r.runner.cleanup()
             r.runner = None
 
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         self.thread.start()
         for r in self.replicas:
             self._run(self._start(r))

@@ -43,7 +43,7 @@ class Server:
         self.connections = 0
         self.closed = 0
 
-    async def __aenter__(self) -> "Server":
+    async def __aenter__(self) -> Server:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
             try:

@@ -12,7 +12,8 @@ from .settings import StackSettings
 from .sources import SourceError, load_file, load_pulumi, raw_from_stack_doc, read_stack_file, stack_file
 
 __all__ = [
-    "AsyncTasks", "Catalog", "CatalogInvalid", "ConfigError", "Group", "Model", "ModelInference", "SourceError", "StackSettings", "Template",
+    "AsyncTasks", "Catalog", "CatalogInvalid", "ConfigError", "Group", "Model", "ModelInference", "SourceError",
+    "StackSettings", "Template",
     "build_catalog", "config_path", "entity_id", "load_file", "load_pulumi", "object_name",
     "raw_from_stack_doc", "read_stack_file", "stack_file",
 ]

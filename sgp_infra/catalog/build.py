@@ -38,7 +38,6 @@ from .entities import (
     ModelTemplate,
     ModelV4,
     ModelV5,
-    ParameterSchema,
     ParameterSchemaField,
     RequiredResources,
 )
@@ -571,7 +570,7 @@ def _read_field(cls: type[BaseModel], data: Any, field: str) -> Any:
         return _UNKNOWN
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_adapter(cls: type[BaseModel], field: str) -> TypeAdapter[Any]:
     """A validator for one field of ``cls``, its constraints included."""
     info = cls.model_fields[field]

@@ -109,7 +109,7 @@ class ApiIngress(BaseModel):
                                         description="More annotations on the planned object; planned ones win.")
 
     @model_validator(mode="after")
-    def _fields_match_the_kind(self) -> "ApiIngress":
+    def _fields_match_the_kind(self) -> ApiIngress:
         if self.kind == "httproute":
             if self.gateway_ref is None:
                 raise ValueError("kind httproute needs gatewayRef: {name: <gateway>, namespace: <its namespace>}")

@@ -42,7 +42,7 @@ def stack_file(stack: str, root: Optional[Path] = None) -> Path:
     return project_root(root) / "stacks" / f"Pulumi.{stack}.yaml"
 
 
-def stack_name_of(path: "str | Path") -> Optional[str]:
+def stack_name_of(path: str | Path) -> Optional[str]:
     """The stack a config file belongs to by Pulumi's naming (``Pulumi.<stack>.yaml``), else ``None``."""
     name = Path(path).name
     for suffix in (".yaml", ".yml"):

@@ -35,7 +35,7 @@ def command_parsers() -> dict[str, argparse.ArgumentParser]:
     return dict(_build()[1].choices)
 
 
-def _build() -> tuple[argparse.ArgumentParser, "argparse._SubParsersAction[argparse.ArgumentParser]"]:
+def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog="python -m sgp_infra",
         description="Validate, render and serve an SGP model catalogue kept in Pulumi stack config.",

@@ -197,7 +197,8 @@ def deployment(catalog: Catalog, checksum: Optional[str] = None, stack: Optional
                     "containers": [container(catalog, stack)],
                     "volumes": [{"name": "catalog", "configMap": {"name": CATALOG_CONFIGMAP}},
                                 # /tmp also holds prometheus_client's per-worker metric files (--workers)
-                                {"name": "tmp", "emptyDir": {"sizeLimit": f"{64 + 16 * catalog.settings.api.workers}Mi"}}],
+                                {"name": "tmp",
+                                 "emptyDir": {"sizeLimit": f"{64 + 16 * catalog.settings.api.workers}Mi"}}],
                 },
             },
         },

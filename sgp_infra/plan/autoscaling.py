@@ -6,8 +6,9 @@ the trigger sums it across replicas (scoped to the stack's namespace, a label
 Prometheus adds from the scrape target, so stacks sharing one Prometheus never
 read each other's load), and ``per_worker`` is the target per
 model replica.  ASYNC models scale on their task queue instead (KEDA's
-``nats-jetstream`` trigger on the model's consumer, see ``plan/nats.py``).  KEDA can scale to zero (it activates on the first request in
-flight); a plain HPA cannot go below one replica.
+``nats-jetstream`` trigger on the model's consumer, see ``plan/nats.py``).
+KEDA can scale to zero (it activates on the first request in flight); a
+plain HPA cannot go below one replica.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ class LocalNats:
     def monitor_url(self) -> str:
         return f"http://127.0.0.1:{self.monitor_port}"
 
-    def start(self, timeout: float = 15.0) -> "LocalNats":
+    def start(self, timeout: float = 15.0) -> LocalNats:
         if self.store_dir is None:
             self._temp = tempfile.mkdtemp(prefix="sgp-infra-nats-")
             self.store_dir = Path(self._temp)

@@ -46,7 +46,7 @@ class TaskMessage:
         return orjson.dumps(self)  # orjson encodes dataclasses natively (far cheaper than asdict)
 
     @classmethod
-    def decode(cls, data: bytes) -> "TaskMessage":
+    def decode(cls, data: bytes) -> TaskMessage:
         raw = orjson.loads(data)
         revision = raw.get("revision")
         return cls(task_id=str(raw["task_id"]), model=str(raw["model"]), enqueued_at=float(raw["enqueued_at"]),
@@ -97,17 +97,17 @@ class TaskRecord:
         return orjson.dumps(self)  # orjson encodes dataclasses natively (far cheaper than asdict)
 
     @classmethod
-    def decode(cls, data: bytes) -> "TaskRecord":
+    def decode(cls, data: bytes) -> TaskRecord:
         raw = orjson.loads(data)
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
         return cls(**known)
 
-    def started(self, deliveries: int, now: Optional[float] = None) -> "TaskRecord":
+    def started(self, deliveries: int, now: Optional[float] = None) -> TaskRecord:
         return replace(self, status="STARTED", started_at=time.time() if now is None else now, deliveries=deliveries)
 
     def finished(self, status: Status, *, result: Any = None, status_code: Optional[int] = None,
                  traceback: Optional[str] = None, deliveries: int = 0,
-                 now: Optional[float] = None) -> "TaskRecord":
+                 now: Optional[float] = None) -> TaskRecord:
         return replace(self, status=status, result=result, status_code=status_code, traceback=traceback,
                        deliveries=deliveries, finished_at=time.time() if now is None else now)
 

@@ -272,7 +272,7 @@ def parse_backend_urls(text: str) -> tuple[str, ...]:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{where} ({url!r}) is not http://host:port or https://host:port")
         try:
-            parts.port
+            _ = parts.port  # parsed on access: an invalid port raises here
         except ValueError:
             raise ValueError(f"{where} ({url!r}) has an invalid port") from None
         if parts.query or parts.fragment:

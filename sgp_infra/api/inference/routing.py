@@ -198,7 +198,7 @@ class Lease:
 
     __slots__ = ("replicas", "pod", "released")
 
-    def __init__(self, replicas: "Replicas", pod: Optional[str]):
+    def __init__(self, replicas: Replicas, pod: Optional[str]):
         self.replicas = replicas
         self.pod = pod
         self.released = False
@@ -215,7 +215,7 @@ class Lease:
             self.replicas.mark_failed(self.pod, seconds)
         self.release()
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -299,7 +299,7 @@ class Replicas:
     def load(self, pod: str) -> int:
         return self.in_flight.get(pod, 0)
 
-    def acquire(self, choice: "Choice | str | None") -> Lease:
+    def acquire(self, choice: Choice | str | None) -> Lease:
         """Count a call in flight on the chosen pod until the lease is released."""
         pod = choice.pod if isinstance(choice, Choice) else choice
         if pod is not None:

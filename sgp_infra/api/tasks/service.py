@@ -187,7 +187,7 @@ class TaskService:
         finally:
             self._forget(task_id, future)
 
-    def _forget(self, task_id: str, future: "asyncio.Future[TaskRecord]") -> None:
+    def _forget(self, task_id: str, future: asyncio.Future[TaskRecord]) -> None:
         waiters = self._waiters.get(task_id)
         if waiters is not None:
             if future in waiters:
