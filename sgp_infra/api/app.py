@@ -131,13 +131,12 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.exposed()), media_type=CONTENT_TYPE_LATEST)
 
+    if inference is not None and hasattr(inference, "install"):
+        inference.install(app)  # first: it adds the inference POST routes, matched before everything below
     app.include_router(routes_v4.router)
     app.include_router(routes_v5.router)
     app.include_router(writes.router)
     install_tasks(app, catalog, nats_url)
-    if inference is not None:
-        if hasattr(inference, "install"):
-            inference.install(app)
-        if hasattr(inference, "router"):
-            app.include_router(inference.router)
+    if inference is not None and hasattr(inference, "router"):
+        app.include_router(inference.router)
     return app

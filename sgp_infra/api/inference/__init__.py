@@ -24,20 +24,28 @@ from fastapi import FastAPI
 
 from .gateway import Gateway
 from .metrics import InferenceMetrics
-from .routes import router
+from .routes import plain_routes, router
 from .settings import InferenceSettings
 
 __all__ = ["router", "install", "Gateway", "InferenceSettings"]
 
 
 def install(app: FastAPI, settings: Optional[InferenceSettings] = None) -> Gateway:
-    """Attach the inference gateway to ``app`` (``app.state.inference``)."""
+    """Attach the inference gateway to ``app`` (``app.state.inference``) and serve the inference POST
+    routes as plain Starlette routes (:func:`~.routes.plain_routes`).
+
+    Call it before including other routers: a request is matched against the
+    app's routes in order, and the inference calls are the hot path.
+    """
     state = app.state
     settings = settings or getattr(state, "inference_settings", None) or InferenceSettings()
     metrics = InferenceMetrics(state.metrics.registry)
     gateway = Gateway(settings, metrics, state.status, getattr(state, "backends", {}) or {},
                       state.catalog.settings.namespace)
     state.inference = gateway
+    for route in plain_routes():
+        app.router.add_route(route.path, route.endpoint, methods=route.methods, name=route.name,
+                             include_in_schema=False)
     inner = app.router.lifespan_context
 
     @asynccontextmanager
