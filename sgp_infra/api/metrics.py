@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -35,6 +36,8 @@ class Metrics:
         self.latency = Histogram("sgp_infra_api_request_duration_seconds", "Time to answer a request, by route",
                                  ["method", "route"], registry=self.registry, buckets=BUCKETS)
         self._exposed = exposition_registry(self.registry)
+        #: (counter child, histogram child) by (method, route, status): ``labels()`` looked up once per label set.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def exposed(self) -> CollectorRegistry:
         """The registry ``/metrics`` serves: see :func:`exposition_registry`."""
@@ -42,8 +45,13 @@ class Metrics:
 
     def record(self, method: str, path: str, route: str, status: int, elapsed: float) -> None:
         """Count one answered request and observe its latency (the access line is ``access_log``'s)."""
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(elapsed)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(method, route, str(status)),
+                                              self.latency.labels(method, route))
+        children[0].inc()
+        children[1].observe(elapsed)
 
 
 def exposition_registry(registry: CollectorRegistry) -> CollectorRegistry:

@@ -277,7 +277,7 @@ class Upstream:
         except (aiohttp.ClientError, ValueError) as exc:
             raise UpstreamError(502, "protocol", f"model '{label}' broke the connection before answering "
                                 f"({describe(exc)})") from None
-        self.metrics.upstream_latency.labels(label).observe(time.monotonic() - sent_at)
+        self.metrics.upstream_latency_of(label).observe(time.monotonic() - sent_at)
         return Answer(label, response, timeouts, sent_at)
 
     async def status_error(self, answer: Answer, url: str) -> UpstreamError:
