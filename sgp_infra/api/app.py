@@ -114,7 +114,7 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     app.state.v5_page_cache = {}
     install_error_handlers(app)
     inference = _inference_module() if include_inference else None
-    install_limits(app, limits)  # before MetricsMiddleware, so that counts the requests the guard rejects
+    install_limits(app, limits)  # before MetricsMiddleware, so that counts (and logs) the requests the guard rejects
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
