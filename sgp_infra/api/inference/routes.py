@@ -11,10 +11,12 @@ v5 (``scale-gp-beta``): ``POST /v5/inference`` (``model`` is
 ``POST /v5/chat/completions``, ``POST /v5/completions`` and
 ``GET /v5/chat/completions/models``.
 
-Each route is an ordinary FastAPI route: the caller comes from the ``caller``
-dependency, the body is read and checked here, and the route returns an
-:class:`~.call.InferenceCall` that admits, forwards, replies and counts
-(``docs/inference.md``: the one path).
+Each route is declared as an ordinary FastAPI route (the OpenAPI document
+describes it), and the POST routes are served as plain Starlette routes that
+call the same endpoints (:func:`plain_routes`).  The caller was authenticated
+at the request head (``guard.RequestGuard``), the body is read and checked
+here, and the route returns an :class:`~.call.InferenceCall` that admits,
+forwards, replies and counts (``docs/inference.md``: the one path).
 """
 
 from __future__ import annotations
