@@ -345,3 +345,37 @@ def test_a_chunked_body_over_the_limit_is_413(base_url: str) -> None:
         r = client.post("/v4/models/sgp-echo/completions", content=body(),
                         headers={"content-type": "application/json"})
     assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+
+# --- how the routes are served ---------------------------------------------------------
+
+INFERENCE_POSTS = {"/v4/models/{model_deployment_id}/completions", "/v4/models/{model_deployment_id}/chat-completions",
+                   "/v4/models/{model_deployment_id}/embeddings", "/v4/models/{model_deployment_id}/rerankings",
+                   "/v5/chat/completions", "/v5/completions", "/v5/inference",
+                   "/v4/models/{model_instance_id}/deployments/{deployment_id}/execute"}
+
+
+def test_the_inference_posts_are_plain_routes_matched_first_and_documented_in_full() -> None:
+    from fastapi.routing import APIRoute
+    from starlette.routing import Route
+
+    app = make_app(CATALOG, {})
+    served = [r for r in app.routes if type(r) is Route and r.path in INFERENCE_POSTS]
+    assert {r.path for r in served} == INFERENCE_POSTS
+    first_other = next(i for i, r in enumerate(app.routes) if not isinstance(r, (Route, APIRoute)))
+    assert all(app.routes.index(r) < first_other for r in served)  # before every included router
+    doc = app.openapi()
+    for path in INFERENCE_POSTS:
+        operation = doc["paths"][path]["post"]
+        assert operation["security"] == [{"APIKeyHeader": []}], path
+        params = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+        assert params == {part[1:-1] for part in path.split("/") if part.startswith("{")}, path
+
+
+def test_a_plain_route_answers_errors_in_the_api_shape(http: httpx.Client, base_url: str) -> None:
+    r = httpx.post(f"{base_url}/v5/completions", json={})
+    assert r.status_code == 401 and r.json()["error"]
+    r = http.get("/v4/models/sgp-echo/completions")
+    assert r.status_code == 405 and r.json()["status"] == 405
+    r = http.post("/v4/models/no-such-model/completions", json={"prompt": "x"})
+    assert r.status_code == 404 and r.json()["status"] == 404

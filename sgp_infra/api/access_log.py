@@ -1,20 +1,20 @@
 """The per-request access line: one JSON log record per answered request.
 
-A plain ASGI middleware (no ``BaseHTTPMiddleware`` task or stream wrapping)
-that logs ``request`` at INFO on ``sgp_infra.api.access`` with ``method``,
-``path``, ``route`` (the route template, ``unmatched`` when no route ran),
-``status`` and ``duration_ms``, through stock :mod:`logging` (formatted by
-``logs.JsonFormatter`` under ``serve``).  Headers are never logged: they carry
-the API key.  ``serve --no-access-log`` raises the logger's level, and the
-middleware then skips the record entirely.
+:func:`log_request` logs ``request`` at INFO on ``sgp_infra.api.access`` with
+``method``, ``path``, ``route`` (the route template, ``unmatched`` when no
+route ran), ``status`` and ``duration_ms``, through stock :mod:`logging`
+(formatted by ``logs.JsonFormatter`` under ``serve``).  It is called by the
+app's one recording middleware (``metrics.MetricsMiddleware``), which times
+and counts every request once for both the metrics and this line.  Headers are
+never logged: they carry the API key.  ``serve --no-access-log`` raises the
+logger's level, and the record is then skipped entirely.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from .logs import ACCESS_LOGGER
 
@@ -27,26 +27,12 @@ def route_of(scope: Scope) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
-class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+def access_log_on() -> bool:
+    """Whether access lines are written (checked once per request)."""
+    return log.isEnabledFor(logging.INFO)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not log.isEnabledFor(logging.INFO):
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
 
-        async def watched(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watched)
-        finally:
-            log.info("request", extra={"method": scope["method"], "path": scope["path"], "route": route_of(scope),
-                                       "status": status,
-                                       "duration_ms": round((time.perf_counter() - start) * 1000, 3)})
+def log_request(scope: Scope, route: str, status: int, seconds: float) -> None:
+    """Write one request's access line."""
+    log.info("request", extra={"method": scope["method"], "path": scope["path"], "route": route,
+                               "status": status, "duration_ms": round(seconds * 1000, 3)})

@@ -114,7 +114,7 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     app.state.v5_page_cache = {}
     install_error_handlers(app)
     inference = _inference_module() if include_inference else None
-    install_limits(app, limits)  # before MetricsMiddleware, so that counts the requests the guard rejects
+    install_limits(app, limits)  # before MetricsMiddleware, so that counts (and logs) the requests the guard rejects
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
@@ -131,13 +131,12 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.exposed()), media_type=CONTENT_TYPE_LATEST)
 
+    if inference is not None and hasattr(inference, "install"):
+        inference.install(app)  # first: it adds the inference POST routes, matched before everything below
     app.include_router(routes_v4.router)
     app.include_router(routes_v5.router)
     app.include_router(writes.router)
     install_tasks(app, catalog, nats_url)
-    if inference is not None:
-        if hasattr(inference, "install"):
-            inference.install(app)
-        if hasattr(inference, "router"):
-            app.include_router(inference.router)
+    if inference is not None and hasattr(inference, "router"):
+        app.include_router(inference.router)
     return app

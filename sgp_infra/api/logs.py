@@ -4,7 +4,7 @@ Stock :mod:`logging` throughout: :class:`JsonFormatter` turns each record
 into one JSON object (its ``extra`` fields become keys), and
 :func:`configure_json_logging` puts it on the service's and uvicorn's
 loggers.  Request headers are never logged (they carry the API key); the
-per-request line (``access_log.AccessLogMiddleware``, logger
+per-request line (``access_log.log_request``, logger
 ``sgp_infra.api.access``) carries method, path, route template, status and
 duration.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-#: The per-request line's logger (written by ``access_log.AccessLogMiddleware``).
+#: The per-request line's logger (written by ``access_log.log_request``).
 ACCESS_LOGGER = "sgp_infra.api.access"
 
 #: Record attributes that are not ``extra`` fields (uvicorn's ``color_message`` is its terminal copy of the message).
@@ -30,8 +30,15 @@ class JsonFormatter(logging.Formatter):
     """A record as one JSON object: ``time`` (UTC, milliseconds), ``level``, ``logger``, ``message``,
     then the record's ``extra`` fields, then ``error``/``traceback`` for an exception."""
 
+    _second = -1
+    _stamp = ""
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        second = int(record.created)
+        if second != self._second:  # the date and time to the second, formatted once per second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._stamp}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {

@@ -1,8 +1,9 @@
-"""Prometheus metrics, in one ASGI middleware (the access line is ``access_log``'s).
+"""Prometheus metrics and the access line, in one ASGI middleware.
 
 A plain ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``: it
-adds no task or stream wrapping per request, which matters for the list
-benchmark.  Requests are labelled by route *template* (``/v4/models/{model_id}``),
+adds no task or stream wrapping per request.  It times each request once and
+records it twice: in the metrics below and in the access line
+(:func:`~.access_log.log_request`).  Requests are labelled by route *template* (``/v4/models/{model_id}``),
 never by raw path, so label cardinality stays bounded; unmatched paths share
 the ``unmatched`` label.
 
@@ -18,10 +19,13 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .access_log import access_log_on, log_request, route_of
 
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -35,6 +39,8 @@ class Metrics:
         self.latency = Histogram("sgp_infra_api_request_duration_seconds", "Time to answer a request, by route",
                                  ["method", "route"], registry=self.registry, buckets=BUCKETS)
         self._exposed = exposition_registry(self.registry)
+        #: (counter child, histogram child) by (method, route, status): ``labels()`` looked up once per label set.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def exposed(self) -> CollectorRegistry:
         """The registry ``/metrics`` serves: see :func:`exposition_registry`."""
@@ -42,8 +48,13 @@ class Metrics:
 
     def record(self, method: str, path: str, route: str, status: int, elapsed: float) -> None:
         """Count one answered request and observe its latency (the access line is ``access_log``'s)."""
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(elapsed)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(method, route, str(status)),
+                                              self.latency.labels(method, route))
+        children[0].inc()
+        children[1].observe(elapsed)
 
 
 def exposition_registry(registry: CollectorRegistry) -> CollectorRegistry:
@@ -58,13 +69,9 @@ def exposition_registry(registry: CollectorRegistry) -> CollectorRegistry:
     return merged
 
 
-def _route_of(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
-
-
 class MetricsMiddleware:
+    """Counts and times every HTTP request and writes its access line; see the module doc."""
+
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
         self.metrics = metrics
@@ -81,7 +88,7 @@ class MetricsMiddleware:
             nonlocal recorded
             if not recorded:
                 recorded = True
-                self.metrics.record(scope["method"], scope["path"], _route_of(scope), status,
+                self.metrics.record(scope["method"], scope["path"], route_of(scope), status,
                                     time.perf_counter() - start)
 
         async def send_wrapper(message: Message) -> None:
@@ -98,3 +105,5 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             record()  # no complete answer (an error, a client that left): counted as what was sent, else 500
+            if access_log_on():
+                log_request(scope, route_of(scope), status, time.perf_counter() - start)

@@ -191,7 +191,10 @@ def uvicorn_config(options: ServeOptions, app: Any) -> Any:
         app, factory=isinstance(app, str), workers=options.workers, host=options.host,
         log_config=None, access_log=False, log_level=options.log_level, lifespan="on", ws="none",
         http=functools.partial(GuardedHttp, limits=limits, inner="httptools"),
-        timeout_keep_alive=limits.keep_alive_timeout_seconds)
+        timeout_keep_alive=limits.keep_alive_timeout_seconds,
+        # Nothing in the app reads the client address or scheme, so uvicorn's X-Forwarded-* rewriting
+        # (a middleware layer on every request) is off; no "server: uvicorn" header either.
+        proxy_headers=False, server_header=False)
 
 
 def run(options: ServeOptions, sock: socket.socket, catalog: Catalog) -> int:

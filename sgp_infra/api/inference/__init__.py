@@ -27,15 +27,20 @@ from ..status import StatusSource
 from .endpoints import EndpointSliceWatcher, StaticEndpoints, parse_backend_urls
 from .gateway import Gateway
 from .metrics import InferenceMetrics
-from .routes import router
+from .routes import plain_routes, router
 from .settings import InferenceSettings
 
 __all__ = ["router", "install", "Gateway", "InferenceSettings", "endpoint_sources"]
 
 
 def install(app: FastAPI, settings: Optional[InferenceSettings] = None) -> Gateway:
-    """Attach the inference gateway to ``app`` (``app.state.inference``); its endpoint
-    sources (``app.state.endpoint_sources``) run for the app's lifespan."""
+    """Attach the inference gateway to ``app`` (``app.state.inference``), run its endpoint
+    sources (``app.state.endpoint_sources``) for the app's lifespan, and serve the inference
+    POST routes as plain Starlette routes (:func:`~.routes.plain_routes`).
+
+    Call it before including other routers: a request is matched against the
+    app's routes in order, and the inference calls are the hot path.
+    """
     state = app.state
     settings = settings or getattr(state, "inference_settings", None) or InferenceSettings()
     metrics = InferenceMetrics(state.metrics.registry)
@@ -43,6 +48,9 @@ def install(app: FastAPI, settings: Optional[InferenceSettings] = None) -> Gatew
     gateway = Gateway(settings, metrics, state.status, backends, state.catalog.settings.namespace)
     state.inference = gateway
     state.endpoint_sources = endpoint_sources(gateway, state.catalog, backends, state.status)
+    for route in plain_routes():
+        app.router.add_route(route.path, route.endpoint, methods=route.methods, name=route.name,
+                             include_in_schema=False)
     inner = app.router.lifespan_context
 
     @asynccontextmanager

@@ -7,7 +7,9 @@ any response, and it:
 
 1. admits the call (the 429 cap) and counts it in flight;
 2. runs the work (hold, forward, read) in one task while a second task waits
-   for the client to disconnect; whichever ends first ends the other;
+   for the client to disconnect; if the client leaves first, that task cancels
+   the work, and when the work ends the waiting task is cancelled (nothing
+   waits for it: no extra loop turn per call);
 3. sends the finished JSON answer, streams the backend's events as they
    arrive, or sends the error in the API's JSON shape;
 4. counts the outcome once: the status sent, or 499 (nginx's convention, never
@@ -73,14 +75,6 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}  # pragma: no cover - never reached
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Return when the client disconnects (the request body was read already)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 class InferenceCall(Response):
     """One inference call to ``model``: see the module docstring."""
 
@@ -90,7 +84,8 @@ class InferenceCall(Response):
         self.model = model
         self.operation = operation
         self.work = work
-        self.started = False
+        self.started = False  # the answer's first bytes were handed to the server
+        self.client_left = False  # the client disconnected before the answer was complete
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -99,22 +94,38 @@ class InferenceCall(Response):
             await upstream_error_response(exc)(scope, receive, send)
             return
         reply = asyncio.ensure_future(self._reply(slot, scope, send))
-        gone = asyncio.ensure_future(_disconnected(receive))
+        watcher = asyncio.ensure_future(self._watch(receive, reply))
         try:
-            await asyncio.wait({reply, gone}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:  # cancelled: the server is shutting down
-            await _cancel(reply, gone)
-            slot.finish(500, "cancelled")
-            raise
-        if reply.done():
-            gone.cancel()
-            await _cancel(gone)
-            reply.result()  # a bug in the work: to the 500 handler (the slot was finished)
+            await reply
+        except asyncio.CancelledError:
+            if not self.client_left:  # cancelled from outside (the server is shutting down): so is the work
+                watcher.cancel()
+                slot.finish(500, "cancelled")
+                raise
+        except BaseException:
+            if not self.client_left:  # a bug in the work: to the 500 handler (the slot was finished)
+                watcher.cancel()
+                raise
+            log.debug("an inference call failed while being cancelled", exc_info=True)
+        watcher.cancel()  # ends at its next step; nothing waits for it
+        if not self.client_left:
             return
-        await _cancel(reply)  # the client left first: stop the work, and the backend request with it
         slot.finish(CLIENT_GONE, "client_disconnect")
         if not self.started:  # sent nowhere (the connection is gone), but logged and counted as 499
             await Response(status_code=CLIENT_GONE)(scope, receive, send)
+
+    async def _watch(self, receive: Receive, reply: "asyncio.Future[None]") -> None:
+        """Wait for the client to disconnect (the request body was read already); if the reply is still
+        under way then, the client left first: cancel it, and the backend request with it."""
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # noqa: BLE001 - the server's receive failed: nothing more to watch
+            log.debug("watching an inference call's client failed", exc_info=True)
+            return
+        if not reply.done():
+            self.client_left = True
+            reply.cancel()
 
     async def _reply(self, slot: Slot, scope: Scope, send: Send) -> None:
         try:
@@ -163,19 +174,6 @@ class InferenceCall(Response):
             except Exception:  # noqa: BLE001 - closing a broken stream must not fail the call
                 log.debug("closing an inference stream failed", exc_info=True)
             streamed.upstream.close()
-
-
-async def _cancel(*tasks: "asyncio.Future[None]") -> None:
-    """Cancel ``tasks`` and wait for them to end (their failures were handled or are re-raised elsewhere)."""
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except Exception:  # noqa: BLE001 - ended by our cancellation; nothing to report to anyone
-            log.debug("an inference task failed while being cancelled", exc_info=True)
 
 
 def stream_media_type(answer: Answer, default: str = "text/event-stream") -> str:

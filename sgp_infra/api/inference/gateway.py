@@ -65,7 +65,7 @@ class Slot:
         self.done = True
         g = self.gateway
         g.in_flight[self.label] -= 1
-        g.metrics.in_flight.labels(self.label).dec()
+        g.metrics.in_flight_of(self.label).dec()
         g.metrics.answered(self.label, self.operation, code, error_kind)
 
 
@@ -172,7 +172,7 @@ class Gateway:
                                 f"flight, its limit (per_worker {model.per_worker} x max_workers "
                                 f"{model.max_workers}); retry shortly", 1)
         self.in_flight[label] = current + 1
-        self.metrics.in_flight.labels(label).inc()
+        self.metrics.in_flight_of(label).inc()
         return Slot(self, model, operation)
 
     # --- readiness ----------------------------------------------------------------

@@ -11,6 +11,8 @@ shows the sum over the live workers, so KEDA's query is the same either way.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -44,12 +46,30 @@ class InferenceMetrics:
                                "Cold-start wake-ups started (concurrent waiters share one)", ["model"],
                                registry=registry)
         self.routing = RoutingMetrics(registry)
+        # The labelled children of the per-call series, by label values.  ``labels()`` returns the same
+        # child each time; it is looked up once per label set here, not on every call (a lock and a tuple each).
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def in_flight_of(self, model: str) -> Any:
+        """``model``'s in-flight gauge."""
+        return self._child(self.in_flight, model)
+
+    def upstream_latency_of(self, model: str) -> Any:
+        """``model``'s upstream latency histogram."""
+        return self._child(self.upstream_latency, model)
 
     def answered(self, model: str, operation: str, code: int, error_kind: str | None = None) -> None:
         """Count one finished call (and its failure's kind, if any)."""
-        self.requests.labels(model, operation, str(code)).inc()
+        self._child(self.requests, model, operation, str(code)).inc()
         if error_kind:
-            self.errors.labels(model, error_kind).inc()
+            self._child(self.errors, model, error_kind).inc()
 
 
 #: ``sgp_infra_model_routing_total{outcome}`` values: how each attempt's destination was picked.

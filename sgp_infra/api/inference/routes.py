@@ -11,25 +11,30 @@ v5 (``scale-gp-beta``): ``POST /v5/inference`` (``model`` is
 ``POST /v5/chat/completions``, ``POST /v5/completions`` and
 ``GET /v5/chat/completions/models``.
 
-Each route is an ordinary FastAPI route: the caller comes from the ``caller``
-dependency, the body is read and checked here, and the route returns an
-:class:`~.call.InferenceCall` that admits, forwards, replies and counts
-(``docs/inference.md``: the one path).
+Each route is declared as an ordinary FastAPI route (the OpenAPI document
+describes it), and the POST routes are served as plain Starlette routes that
+call the same endpoints (:func:`plain_routes`).  The caller was authenticated
+at the request head (``guard.RequestGuard``), the body is read and checked
+here, and the route returns an :class:`~.call.InferenceCall` that admits,
+forwards, replies and counts (``docs/inference.md``: the one path).
 """
 
 from __future__ import annotations
 
+import inspect
 import time
-from typing import Any, AsyncIterator, Callable, Literal, NamedTuple, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Literal, NamedTuple, Optional
 
 import jsonschema
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Route, compile_path
 
 from ...catalog import Model
-from ..auth import Caller, caller
+from ..auth import Caller, caller, caller_in
 from ..common import index_of, json_response, status_of, visible_model, visible_model_in
 from ..errors import ApiError
 from ..paging import DEFAULT_LIMIT, MAX_LIMIT, page_v5, sort_items
@@ -354,3 +359,49 @@ async def chat_models(request: Request, who: Caller = Depends(caller),
     items = sort_items(items, [(field, sort_order == "desc"), ("model_name", False)])
     return json_response(page_v5(items, limit, starting_after, ending_before))
 
+
+
+# --- serving: the POST routes as plain Starlette routes ----------------------------------
+
+
+def plain_routes() -> list[Route]:
+    """The inference POST routes of :data:`router` as plain Starlette routes, for the app to serve first.
+
+    A FastAPI route costs several times the CPU of a Starlette one per request
+    (dependency resolution, its request wrappers, and matching through every
+    included router before it), and these routes need none of that: the caller
+    was authenticated at the request head (``guard.RequestGuard``), the path
+    parameters are strings and the body is read by :func:`read_body`.  Each
+    Starlette route calls the very endpoint of its FastAPI twin, which stays in
+    :data:`router` so the OpenAPI document describes the operation (path
+    parameters, the ``x-api-key`` scheme); the Starlette route, registered
+    first, is the one that answers.
+
+    Only endpoints taking exactly ``request``, their path parameters and
+    ``who`` are served this way; any other route (query parameters, say) is
+    left to FastAPI alone.
+    """
+    plain = []
+    for route in router.routes:
+        if not isinstance(route, APIRoute) or route.methods != {"POST"}:
+            continue
+        params = set(compile_path(route.path)[2])
+        if set(inspect.signature(route.endpoint).parameters) != {"request", "who", *params}:
+            continue
+        plain.append(Route(route.path, _plain_endpoint(route), methods=["POST"], name=route.name,
+                           include_in_schema=False))
+    return plain
+
+
+def _plain_endpoint(route: APIRoute) -> Callable[[Request], Awaitable[Response]]:
+    endpoint = route.endpoint
+
+    async def serve(request: Request) -> Response:
+        # The route template for the access line and the metrics (as FastAPI sets it for its own routes).
+        request.scope["route"] = route
+        who = caller_in(request.scope)
+        if who is None:
+            raise ApiError(401, "missing x-api-key header; send your sgp-infra API key in it")
+        return await endpoint(request, who=who, **request.path_params)
+
+    return serve

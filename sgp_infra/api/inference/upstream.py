@@ -51,6 +51,9 @@ POST_HEADERS = {"content-type": "application/json", "accept": "application/json,
                 "accept-encoding": "identity"}
 PROBE_HEADERS = {"accept": "*/*", "accept-encoding": "identity"}
 
+#: ``asyncio.timeout`` (Python 3.11+), else ``None``: :meth:`Answer.read` then falls back to ``wait_for``.
+_timeout = getattr(asyncio, "timeout", None)
+
 
 class UpstreamError(Exception):
     """A failure to answer from the backend, as the API reports it."""
@@ -148,9 +151,12 @@ class Answer:
 
     async def read(self, cap: int) -> bytes:
         """The whole decoded body (at most ``cap`` bytes, else a 502), within the read timeout of sending."""
-        remaining = self.timeouts.read - (time.monotonic() - self.sent_at)
+        remaining = max(self.timeouts.read - (time.monotonic() - self.sent_at), 0.001)
         try:
-            return await asyncio.wait_for(self._read(cap), max(remaining, 0.001))
+            if _timeout is not None:  # Python 3.11+: a deadline on this task, no task of its own
+                async with _timeout(remaining):
+                    return await self._read(cap)
+            return await asyncio.wait_for(self._read(cap), remaining)
         except asyncio.TimeoutError:
             raise UpstreamError(504, "read_timeout", f"model '{self.label}' did not finish its answer within "
                                 f"{self.timeouts.read:g} s") from None
@@ -159,10 +165,22 @@ class Answer:
 
     async def _read(self, cap: int) -> bytes:
         length = self.headers.get("content-length")
-        if length and length.isdigit() and int(length) > cap and self.decoder is not None \
-                and self.decoder.encoding == "identity":
-            raise UpstreamError(502, "too_large", f"model '{self.label}' answered {length} bytes; "
-                                f"the limit is {cap}")
+        identity = self.decoder is not None and self.decoder.encoding == "identity"
+        if identity and length and length.isdigit():
+            if int(length) > cap:
+                raise UpstreamError(502, "too_large", f"model '{self.label}' answered {length} bytes; "
+                                    f"the limit is {cap}")
+            # A plain body of announced, allowed length: aiohttp reads exactly that many bytes.
+            try:
+                data = await self.response.read()
+            except aiohttp.ServerTimeoutError:
+                raise UpstreamError(504, "read_timeout", f"model '{self.label}' sent nothing for "
+                                    f"{self.timeouts.read:g} s while answering") from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(502, "protocol", f"model '{self.label}' broke the connection while "
+                                    f"answering ({describe(exc)})") from None
+            self._complete = True
+            return data
         buf = bytearray()
         async for piece in self.chunks():
             buf += piece
@@ -287,7 +305,7 @@ class Upstream:
             raise UpstreamError(502, "protocol", f"model '{label}' broke the connection before answering "
                                 f"({describe(exc)})",
                                 pod_down=isinstance(exc, aiohttp.ClientConnectionError)) from None
-        self.metrics.upstream_latency.labels(label).observe(time.monotonic() - sent_at)
+        self.metrics.upstream_latency_of(label).observe(time.monotonic() - sent_at)
         return Answer(label, response, timeouts, sent_at)
 
     async def status_error(self, answer: Answer, url: str) -> UpstreamError:
