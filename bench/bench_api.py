@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import os
 import socket
 import statistics
@@ -61,14 +60,14 @@ def build_app():  # type: ignore[no-untyped-def]
 def serve(port: int) -> None:
     import uvicorn
 
-    from sgp_infra.api.connections import GuardedHttp
+    from sgp_infra.api.connections import guarded_http
     from sgp_infra.catalog.settings import ApiLimits
 
     app, size = build_app()
     print(f"ready {size}", flush=True)
     # As ``serve`` runs it: uvicorn's httptools protocol inside the connection guard.
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                http=functools.partial(GuardedHttp, limits=ApiLimits(), inner="httptools"))
+                http=guarded_http(ApiLimits()))
 
 
 async def _worker(port: int, path: str, until: float, latencies: list[float]) -> None:

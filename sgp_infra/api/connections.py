@@ -1,4 +1,6 @@
-"""Limits at the connection, around uvicorn's HTTP protocol: head size, header count, time to send the head, the connection cap.
+"""Limits at the connection, around uvicorn's HTTP protocol.
+
+Head size, header count, time to send the head, the connection cap.
 
 uvicorn bounds idle keep-alive time (``timeout_keep_alive``) and reads a body
 only as the app asks for it, but it has no public setting for the rest: its
@@ -67,18 +69,30 @@ def error_bytes(status: int, detail: str) -> bytes:
     return head.encode() + b"\r\n" + body
 
 
+def guarded_http(limits: ApiLimits, inner: str = "httptools") -> type[GuardedHttp]:
+    """The protocol class for uvicorn's ``http`` setting: :class:`GuardedHttp` with ``limits``,
+    wrapping uvicorn's ``inner`` protocol (``httptools`` or ``h11``), with its own count of open
+    connections (one class per server)."""
+    attributes = {"limits": limits, "inner_protocol": inner, "open_connections": set()}
+    return type("GuardedHttp", (GuardedHttp,), attributes)
+
+
 class GuardedHttp(asyncio.Protocol):
     """uvicorn's HTTP protocol with the connection limits of ``limits``; see the module doc.
 
-    Pass it to uvicorn as ``http=functools.partial(GuardedHttp, limits=..., inner="httptools")``.
-    uvicorn constructs it with its own keyword arguments, which go on to the inner protocol.
+    Give uvicorn ``http=guarded_http(limits)``: uvicorn constructs the class with
+    its own keyword arguments, which go on, unread, to the inner protocol.
     """
 
-    def __init__(self, *, limits: ApiLimits, inner: str = "httptools", **options: Any) -> None:
-        inner_class = import_from_string(HTTP_PROTOCOLS.get(inner, inner))
+    limits: ApiLimits = ApiLimits()
+    inner_protocol: str = "httptools"
+    #: The connections this server's guard let through and that are still open.
+    open_connections: set[GuardedHttp] = set()
+
+    def __init__(self, **options: Any) -> None:
+        inner_class = import_from_string(HTTP_PROTOCOLS.get(self.inner_protocol, self.inner_protocol))
         self.inner: asyncio.Protocol = inner_class(**options)
-        self.connections: set[Any] = options["server_state"].connections
-        self.limits = limits
+        self.connections = self.open_connections
         self.loop = asyncio.get_running_loop()
         self.transport: Optional[asyncio.Transport] = None
         self.parser: Optional[httptools.HttpRequestParser] = httptools.HttpRequestParser(self)
@@ -103,12 +117,14 @@ class GuardedHttp(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment] - uvloop's transports are not asyncio classes
+        # uvloop's transports are not asyncio classes, hence the ignore.
+        self.transport = transport  # type: ignore[assignment]
         if len(self.connections) >= self.limits.max_connections:
             self._reject(503, f"this API worker has its maximum of {self.limits.max_connections} "
                               "connections open; retry shortly")
             return
         self._arm()
+        self.connections.add(self)
         self.inner_connected = True
         self.inner.connection_made(transport)
 
@@ -134,6 +150,7 @@ class GuardedHttp(asyncio.Protocol):
         if self.lingering:
             self.lingering = False
             _lingering -= 1
+        self.connections.discard(self)
         if self.inner_connected:
             self.inner.connection_lost(exc)
 

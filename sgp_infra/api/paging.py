@@ -48,7 +48,7 @@ def parse_v4_sort(sort_by: Optional[Iterable[str]], allowed: Iterable[str]) -> l
     """``["name:asc", "created_at:desc"]`` → specs; unknown fields and more than
     :data:`MAX_SORT_KEYS` keys are a 422."""
     allowed = set(allowed)
-    specs = []
+    specs: list[tuple[str, bool]] = []
     for raw in sort_by or ():
         for part in raw.split(","):  # tolerate comma-joined lists
             if not part:

@@ -574,7 +574,8 @@ def _read_field(cls: type[BaseModel], data: Any, field: str) -> Any:
 def _field_adapter(cls: type[BaseModel], field: str) -> TypeAdapter[Any]:
     """A validator for one field of ``cls``, its constraints included."""
     info = cls.model_fields[field]
-    annotation: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    params = (info.annotation, *info.metadata)
+    annotation: Any = Annotated[params] if info.metadata else info.annotation
     return TypeAdapter(annotation)
 
 

@@ -20,7 +20,7 @@ validator does.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Literal, Optional
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -46,9 +46,11 @@ ENTITIES: dict[str, type[BaseModel]] = {"template": ModelTemplate, "v4 model": M
 
 def _definitions() -> dict[str, Any]:
     """``$defs`` of every catalogue model and of the stack settings, titles dropped."""
-    _, top = models_json_schema([(cls, "validation") for cls in (*ENTITIES.values(), StackSettings)],
-                                ref_template="#/$defs/{model}")
-    return _without_titles(top["$defs"])
+    classes: list[type[BaseModel]] = [*ENTITIES.values(), StackSettings]
+    models: list[tuple[type[BaseModel], Literal["validation"]]] = [(cls, "validation") for cls in classes]
+    _, top = models_json_schema(models, ref_template="#/$defs/{model}")
+    definitions: dict[str, Any] = _without_titles(top["$defs"])
+    return definitions
 
 
 def _without_titles(node: Any) -> Any:

@@ -330,6 +330,7 @@ def example_value(schema: dict[str, Any]) -> Any:
     if kind in (None, "object") and not props:
         return {"prompt": PROMPT}
     if kind in (None, "object"):
+        props = props or {}
         names = schema.get("required") or list(props)
         return {name: example_value(props.get(name, {"type": "string"})) for name in names}
     if kind == "array":

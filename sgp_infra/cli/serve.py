@@ -85,7 +85,8 @@ def add_limit_args(parser: argparse.ArgumentParser) -> None:
                                       "value shown; see docs/api.md)")
     for name, flag in SERVE_LIMIT_FLAGS.items():
         info = ApiLimits.model_fields[name]
-        group.add_argument(flag, dest=name, type=info.annotation, default=None, metavar="N",
+        parse: Any = info.annotation  # int or float: the field's own type parses the flag
+        group.add_argument(flag, dest=name, type=parse, default=None, metavar="N",
                            help=f"{info.description} (default {info.default})")
 
 

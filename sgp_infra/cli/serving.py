@@ -20,7 +20,6 @@ Every worker runs uvicorn's HTTP protocol inside the connection guard
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -69,7 +68,7 @@ class ServeOptions:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ServeOptions":
+    def from_json(cls, text: str) -> ServeOptions:
         return cls(**json.loads(text))
 
 
@@ -184,13 +183,13 @@ def uvicorn_config(options: ServeOptions, app: Any) -> Any:
     """uvicorn's settings for ``options``: ``app`` is the app, or the factory's import string."""
     import uvicorn
 
-    from ..api.connections import GuardedHttp
+    from ..api.connections import guarded_http
 
     limits = options.api_limits()
     return uvicorn.Config(
         app, factory=isinstance(app, str), workers=options.workers, host=options.host,
         log_config=None, access_log=False, log_level=options.log_level, lifespan="on", ws="none",
-        http=functools.partial(GuardedHttp, limits=limits, inner="httptools"),
+        http=guarded_http(limits),
         timeout_keep_alive=limits.keep_alive_timeout_seconds,
         # Nothing in the app reads the client address or scheme, so uvicorn's X-Forwarded-* rewriting
         # (a middleware layer on every request) is off; no "server: uvicorn" header either.

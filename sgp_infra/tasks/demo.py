@@ -17,7 +17,7 @@ def submit_and_poll(base_url: str, api_key: str, model: Model, timeout: float = 
                               json={"args": {"prompt": "hello from sgp-infra"}})
         created.raise_for_status()
         task_id = created.json()["task_id"]
-        seen = []
+        seen: list[str] = []
         deadline = time.monotonic() + timeout
         while True:
             # The first look answers at once (usually PENDING); later ones wait for the answer.

@@ -218,6 +218,7 @@ class Forwarder:
             log.warning("task %s: broker error %s; it will be redelivered", message.task_id, exc)
 
     async def _run_task(self, msg: Any, message: TaskMessage, deliveries: int) -> None:
+        revision: Optional[int]
         if deliveries == 1 and message.revision is not None:
             # First delivery: nobody else ran it; the PENDING record is at the revision the API wrote.
             record, revision = self._record_for(message), message.revision
@@ -228,9 +229,9 @@ class Forwarder:
                 await self._duplicate(msg)
                 return
         if deliveries > self.queue.max_deliveries:
-            error = record.traceback or "no answer: the worker running the task stopped or overran the ack wait"
+            last = record.traceback or "no answer: the worker running the task stopped or overran the ack wait"
             await self._finish(msg, record, revision, "FAILURE", None, None,
-                               f"failed after {self.queue.max_deliveries} deliveries: {error}", deliveries)
+                               f"failed after {self.queue.max_deliveries} deliveries: {last}", deliveries)
             return
         self.metrics.queued(self.queue.model, max(0.0, time.time() - message.enqueued_at))
         began = time.monotonic()

@@ -114,7 +114,7 @@ class InferenceCall(Response):
         if not self.started:  # sent nowhere (the connection is gone), but logged and counted as 499
             await Response(status_code=CLIENT_GONE)(scope, receive, send)
 
-    async def _watch(self, receive: Receive, reply: "asyncio.Future[None]") -> None:
+    async def _watch(self, receive: Receive, reply: asyncio.Future[None]) -> None:
         """Wait for the client to disconnect (the request body was read already); if the reply is still
         under way then, the client left first: cancel it, and the backend request with it."""
         try:

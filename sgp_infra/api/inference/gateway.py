@@ -51,7 +51,7 @@ class Slot:
 
     __slots__ = ("gateway", "model", "operation", "label", "done")
 
-    def __init__(self, gateway: "Gateway", model: Model, operation: str):
+    def __init__(self, gateway: Gateway, model: Model, operation: str):
         self.gateway = gateway
         self.model = model
         self.operation = operation

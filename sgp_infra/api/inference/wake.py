@@ -23,6 +23,7 @@ Readiness has two sources, either is enough:
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Awaitable, Callable, Optional, Protocol
 
@@ -76,7 +77,7 @@ class Waker:
         if task is None or task.done():
             task = asyncio.ensure_future(self._poll(key, ready_now, probe, budget))
             self._tasks[key] = task
-            task.add_done_callback(lambda t, k=key: self._forget(k, t))
+            task.add_done_callback(functools.partial(self._forget, key))
             if on_start is not None:
                 on_start()
         try:
@@ -85,7 +86,7 @@ class Waker:
         except asyncio.TimeoutError:
             return None
 
-    def _forget(self, key: str, task: "asyncio.Task[bool]") -> None:
+    def _forget(self, key: str, task: asyncio.Task[bool]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]
         if not task.cancelled():
