@@ -40,6 +40,7 @@ are capped too.  Connection counts are per worker process.
 from __future__ import annotations
 
 import asyncio
+import functools
 from http import HTTPStatus
 from typing import Any, Optional
 
@@ -69,30 +70,33 @@ def error_bytes(status: int, detail: str) -> bytes:
     return head.encode() + b"\r\n" + body
 
 
-def guarded_http(limits: ApiLimits, inner: str = "httptools") -> type[GuardedHttp]:
-    """The protocol class for uvicorn's ``http`` setting: :class:`GuardedHttp` with ``limits``,
-    wrapping uvicorn's ``inner`` protocol (``httptools`` or ``h11``), with its own count of open
-    connections (one class per server)."""
-    attributes = {"limits": limits, "inner_protocol": inner, "open_connections": set()}
-    return type("GuardedHttp", (GuardedHttp,), attributes)
+def guarded_http(limits: ApiLimits, inner: str = "httptools") -> Any:
+    """What to give uvicorn's ``http`` setting: a factory of :class:`GuardedHttp` with ``limits``
+    around uvicorn's ``inner`` protocol (``httptools`` or ``h11``).
+
+    A ``functools.partial`` of the class, not a class made on the fly: with
+    ``--workers`` uvicorn pickles its config into each worker process, and a
+    partial of a module-level class pickles by reference.
+    """
+    return functools.partial(GuardedHttp, limits=limits, inner=inner)
 
 
 class GuardedHttp(asyncio.Protocol):
     """uvicorn's HTTP protocol with the connection limits of ``limits``; see the module doc.
 
-    Give uvicorn ``http=guarded_http(limits)``: uvicorn constructs the class with
+    Give uvicorn ``http=guarded_http(limits)``: uvicorn constructs the protocol with
     its own keyword arguments, which go on, unread, to the inner protocol.
     """
 
-    limits: ApiLimits = ApiLimits()
-    inner_protocol: str = "httptools"
-    #: The connections this server's guard let through and that are still open.
+    #: The connections the guard let through that are still open, in this process (one server
+    #: per process: ``serve`` and each of its workers).
     open_connections: set[GuardedHttp] = set()
 
-    def __init__(self, **options: Any) -> None:
-        inner_class = import_from_string(HTTP_PROTOCOLS.get(self.inner_protocol, self.inner_protocol))
+    def __init__(self, *, limits: ApiLimits, inner: str = "httptools", **options: Any) -> None:
+        inner_class = import_from_string(HTTP_PROTOCOLS.get(inner, inner))
         self.inner: asyncio.Protocol = inner_class(**options)
         self.connections = self.open_connections
+        self.limits = limits
         self.loop = asyncio.get_running_loop()
         self.transport: Optional[asyncio.Transport] = None
         self.parser: Optional[httptools.HttpRequestParser] = httptools.HttpRequestParser(self)
