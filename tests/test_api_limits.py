@@ -207,10 +207,13 @@ def test_huge_bodies_without_a_key_are_401_before_the_body_is_read(api: Api) -> 
         chunk = b"x" * 65536
         sent = 0
         try:
-            while not answer.done() and sent < 8 * MB:
-                writer.write(chunk)
-                sent += len(chunk)
-                await asyncio.wait_for(writer.drain(), 5)
+            try:
+                while not answer.done() and sent < 8 * MB:
+                    writer.write(chunk)
+                    sent += len(chunk)
+                    await asyncio.wait_for(writer.drain(), 5)
+            except ConnectionError:
+                pass  # the server answered and closed while this client was still sending: read the answer
             status, headers, body = await asyncio.wait_for(answer, 10)
             assert_error_shape(status, body)
             assert headers.get("connection") == "close"
@@ -229,7 +232,15 @@ def test_huge_bodies_without_a_key_are_401_before_the_body_is_read(api: Api) -> 
 
     with bounded(api):
         outcomes = asyncio.run(main())
-    assert len(outcomes) == 100 and set(outcomes) <= {"401", "closed"} and "401" in outcomes
+    # A client still sending when the server closes may get a reset instead of the answer (TCP drops
+    # what it had not read yet), so each outcome is the 401 or a closed connection, never a body read.
+    assert len(outcomes) == 100 and set(outcomes) <= {"401", "closed"}
+    # A client that waits for the answer after the head gets the 401 at once, the body still unsent.
+    status, headers, body = asyncio.run(one_request(
+        api.port, b"POST /v4/models/echo/completions HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000000000\r\n\r\n"))
+    assert status == 401 and headers.get("connection") == "close"
+    assert_error_shape(401, body)
 
 
 def test_an_announced_body_over_the_limit_is_413_and_a_streamed_one_is_cut_at_it(api: Api) -> None:

@@ -137,12 +137,13 @@ async def _slow_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 
 def _busy(status: int, retry_after: bytes) -> Behaviour:
     async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            body = b'{"detail": "busy"}'
-            writer.write(b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\nretry-after: %s\r\n"
-                         b"content-length: %d\r\n\r\n%s" % (status, retry_after, len(body), body))
-            await writer.drain()
+        # One answer per connection: a pooled connection must not carry this case's answer into the next.
+        await read_request(reader)
+        body = b'{"detail": "busy"}'
+        writer.write(b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\nretry-after: %s\r\n"
+                     b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (status, retry_after, len(body), body))
+        await writer.drain()
+        writer.close()
     return behaviour
 
 
