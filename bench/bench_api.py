@@ -37,18 +37,15 @@ def build_app():  # type: ignore[no-untyped-def]
     from starlette.responses import Response
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from api_helpers import make_catalog  # noqa: E402
+    from api_helpers import make_catalog, running  # noqa: E402
 
     from sgp_infra.api import create_app
 
     catalog = make_catalog(extra_acme=997, extra_other=0)  # + the dev stack's 3 = 1,000 models
     app = create_app(catalog, api_keys={KEY: frozenset({"dev-account"})}, include_inference=False)
-    from fastapi.testclient import TestClient
-
-    with TestClient(app) as client:
-        body = client.get(REAL, headers={"x-api-key": KEY}).content
+    with running(app) as url:  # the real answer's bytes, from a real server
+        body = httpx.get(url + REAL, headers={"x-api-key": KEY}).content
     assert len(catalog.models) == 1000
-    del httpx
 
     @app.get(BARE, include_in_schema=False)
     async def bare() -> Response:
