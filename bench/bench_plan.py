@@ -388,7 +388,7 @@ def bare_for(n: int) -> Callable[[], None]:
         "modelGroups": sorted(catalog.groups),
         "gpus": {gpu: {"min": lo, "max": hi} for gpu, (lo, hi) in catalog.gpu_totals().items()},
     }
-    api_objects = plan_api(catalog)
+    api_objects = plan_api(catalog, "bench")  # the stack name the mocks run under (SGP_INFRA_STACK)
     checksum = next(m for m in api_objects if m["kind"] == "Deployment")[
         "spec"]["template"]["metadata"]["annotations"]["sgp-infra.io/catalog-checksum"]
     bare = bare_program(bare_rows(raw), catalog.settings.namespace, catalog.settings.prometheus_url, summary,
@@ -408,7 +408,7 @@ def child_program(side: str, n: int) -> float:
 def child_render(side: str, stack: Path, out: Path) -> float:
     if side == "bare":
         catalog = load_file(stack)
-        manifests = plan_catalog(catalog).manifests + plan_api(catalog)  # planned before timing
+        manifests = plan_catalog(catalog).manifests + plan_api(catalog, "bench")  # planned before timing
         del catalog
         gc.collect()
         start = time.process_time()
@@ -465,7 +465,7 @@ def check_render(stack: Path, work: Path) -> None:
         assert cli_main(["render", "--config-file", str(stack), "--out", str(work / "check-render")]) == 0
     gc.unfreeze()
     catalog = load_file(stack)
-    dump_files(plan_catalog(catalog).manifests + plan_api(catalog), work / "check-dump")
+    dump_files(plan_catalog(catalog).manifests + plan_api(catalog, "bench"), work / "check-dump")
     if files(work / "check-render") != files(work / "check-dump"):
         raise SystemExit("render and the bare dump wrote different files (names or contents)")
 
