@@ -389,3 +389,61 @@ def test_serve_starts_local_nats_and_forwarders(tmp_path: Path, backend: Backend
             _, err = proc.communicate()
     stderr = err.decode()
     assert "nats-server" in stderr
+
+
+def test_task_routes_check_query_and_body_and_are_described(tmp_path: Path) -> None:
+    """The task routes read their own query and body (plain routes): FastAPI's 422s, and the OpenAPI
+    document still describes both.  Checks run before the broker is needed (none is running)."""
+    stack = Stack(tmp_path)
+    app = stack.app("nats://127.0.0.1:1")
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        headers = {"x-api-key": DEV_KEY}
+        no_model = client.post("/v1/async-tasks", json={"args": {}}, headers=headers)
+        assert no_model.status_code == 422 and "model_endpoint_id" in no_model.json()["detail"]
+        for body in (b"", b"{not json", b'{"args": {}, "surprise": 1}', b'{"args": {}, "callback_url": "x"}'):
+            bad = client.post("/v1/async-tasks", params={"model_endpoint_id": "jobs"}, content=body,
+                              headers={**headers, "content-type": "application/json"})
+            assert bad.status_code == 422 and bad.json()["error"], (body, bad.text)
+        task = "/v1/async-tasks/00000000-0000-4000-8000-000000000000"
+        for wait in ("-1", "61", "soon"):
+            bad = client.get(task, params={"wait": wait}, headers=headers)
+            assert bad.status_code == 422 and "wait" in bad.json()["detail"], (wait, bad.text)
+        assert client.get(task, params={"wait": "1"}).status_code == 401
+        ops = client.get("/openapi.json").json()["paths"]
+        create = ops["/v1/async-tasks"]["post"]
+        assert [p["name"] for p in create["parameters"]] == ["model_endpoint_id"]
+        assert "args" in create["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        get = ops["/v1/async-tasks/{task_id}"]["get"]
+        assert {p["name"] for p in get["parameters"]} == {"task_id", "wait"}
+
+
+def test_seen_writes_are_bounded_ordered_and_unused_while_disconnected(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record writes kept from the results subject: latest per task, oldest dropped past the bound,
+    a delete forgets the task, and never used while the broker is not connected."""
+    from types import SimpleNamespace
+
+    from sgp_infra.api.tasks import service as service_module
+
+    monkeypatch.setattr(service_module, "RECENT_RECORDS", 2)
+    stack = Stack(tmp_path)
+    tasks = service_module.TaskService(stack.catalog, "nats://127.0.0.1:1")
+    bucket = stack.layout.bucket
+
+    def write(task_id: str, status: str) -> None:
+        record = TaskRecord(task_id=task_id, model="jobs", account_id="a", status=status,  # type: ignore[arg-type]
+                            enqueued_at=time.time(), finished_at=time.time() if status == "SUCCESS" else None)
+        asyncio.run(tasks._on_record(SimpleNamespace(subject=f"$KV.{bucket}.{task_id}", data=record.encode())))
+
+    write("t1", "PENDING")
+    write("t2", "PENDING")
+    write("t1", "SUCCESS")  # t1 is now the latest write: t2 goes first
+    write("t3", "PENDING")
+    assert list(tasks._recent) == ["t1", "t3"]
+    asyncio.run(tasks._on_record(SimpleNamespace(subject=f"$KV.{bucket}.t3", data=b"")))
+    assert list(tasks._recent) == ["t1"]
+    assert tasks._seen("t1") is None  # not connected: the bucket is the only source
+    monkeypatch.setattr(type(tasks.broker), "ready", property(lambda self: True))
+    seen = tasks._seen("t1")
+    assert seen is not None and seen.status == "SUCCESS"
+    assert tasks._seen("t2") is None

@@ -187,8 +187,8 @@ class TaskBroker:
         """
         self._require()
         try:
-            revision = await asyncio.wait_for(self.kv.create(message.task_id, record.encode()),
-                                              REQUEST_TIMEOUT_SECONDS)
+            # Bounded by the JetStream context's timeout (REQUEST_TIMEOUT_SECONDS), as every call here.
+            revision = await self.kv.create(message.task_id, record.encode())
             message = replace(message, revision=revision)
             await self.js.publish(queue.subject, message.encode(), timeout=REQUEST_TIMEOUT_SECONDS,
                                   stream=self.layout.stream, headers={MSG_ID_HEADER: message.task_id})
@@ -199,7 +199,7 @@ class TaskBroker:
         """The record and its revision, or ``None`` if there is none."""
         self._require()
         try:
-            entry = await asyncio.wait_for(self.kv.get(task_id), REQUEST_TIMEOUT_SECONDS)
+            entry = await self.kv.get(task_id)  # bounded by the JetStream context's timeout
         except (KeyNotFoundError, NotFoundError):
             return None
         except (NatsError, asyncio.TimeoutError, OSError) as exc:

@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, Mapping, Optional
 from fastapi import FastAPI
 
 from ...catalog import Catalog
+from ..plain import serve_plain
 from ..status import StatusSource
 from .endpoints import EndpointSliceWatcher, StaticEndpoints, parse_backend_urls
 from .gateway import Gateway
@@ -48,9 +49,7 @@ def install(app: FastAPI, settings: Optional[InferenceSettings] = None) -> Gatew
     gateway = Gateway(settings, metrics, state.status, backends, state.catalog.settings.namespace)
     state.inference = gateway
     state.endpoint_sources = endpoint_sources(gateway, state.catalog, backends, state.status)
-    for route in plain_routes():
-        app.router.add_route(route.path, route.endpoint, methods=route.methods, name=route.name,
-                             include_in_schema=False)
+    serve_plain(app, plain_routes())
     inner = app.router.lifespan_context
 
     @asynccontextmanager

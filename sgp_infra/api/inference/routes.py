@@ -21,20 +21,19 @@ forwards, replies and counts (``docs/inference.md``: the one path).
 
 from __future__ import annotations
 
-import inspect
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Literal, NamedTuple, Optional
+from typing import Any, AsyncIterator, Callable, Literal, NamedTuple, Optional
 
 import jsonschema
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.routing import Route, compile_path
+from starlette.routing import Route
 
 from ...catalog import Model
-from ..auth import Caller, caller, caller_in
+from .. import plain
+from ..auth import Caller, caller
 from ..common import index_of, json_response, status_of, visible_model, visible_model_in
 from ..errors import ApiError
 from ..paging import DEFAULT_LIMIT, MAX_LIMIT, page_v5, sort_items
@@ -365,43 +364,6 @@ async def chat_models(request: Request, who: Caller = Depends(caller),
 
 
 def plain_routes() -> list[Route]:
-    """The inference POST routes of :data:`router` as plain Starlette routes, for the app to serve first.
-
-    A FastAPI route costs several times the CPU of a Starlette one per request
-    (dependency resolution, its request wrappers, and matching through every
-    included router before it), and these routes need none of that: the caller
-    was authenticated at the request head (``guard.RequestGuard``), the path
-    parameters are strings and the body is read by :func:`read_body`.  Each
-    Starlette route calls the very endpoint of its FastAPI twin, which stays in
-    :data:`router` so the OpenAPI document describes the operation (path
-    parameters, the ``x-api-key`` scheme); the Starlette route, registered
-    first, is the one that answers.
-
-    Only endpoints taking exactly ``request``, their path parameters and
-    ``who`` are served this way; any other route (query parameters, say) is
-    left to FastAPI alone.
-    """
-    plain = []
-    for route in router.routes:
-        if not isinstance(route, APIRoute) or route.methods != {"POST"}:
-            continue
-        params = set(compile_path(route.path)[2])
-        if set(inspect.signature(route.endpoint).parameters) != {"request", "who", *params}:
-            continue
-        plain.append(Route(route.path, _plain_endpoint(route), methods=["POST"], name=route.name,
-                           include_in_schema=False))
-    return plain
-
-
-def _plain_endpoint(route: APIRoute) -> Callable[[Request], Awaitable[Response]]:
-    endpoint = route.endpoint
-
-    async def serve(request: Request) -> Response:
-        # The route template for the access line and the metrics (as FastAPI sets it for its own routes).
-        request.scope["route"] = route
-        who = caller_in(request.scope)
-        if who is None:
-            raise ApiError(401, "missing x-api-key header; send your sgp-infra API key in it")
-        return await endpoint(request, who=who, **request.path_params)
-
-    return serve
+    """The inference POST routes of :data:`router` as plain Starlette routes, for the app to serve first
+    (:mod:`sgp_infra.api.plain`: the body is read by :func:`read_body`)."""
+    return plain.plain_routes(router)

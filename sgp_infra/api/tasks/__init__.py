@@ -20,14 +20,16 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.responses import Response
 
 from ...catalog import Catalog, Model
 from ..auth import Caller, caller
 from ..common import json_response, visible_model
 from ..errors import ApiError
+from ..plain import plain_routes, serve_plain
 from .service import TaskOutcome, TaskService, is_task_id
 
 __all__ = ["TaskOutcome", "TaskService", "enqueue_and_wait", "install", "router", "task_response"]
@@ -64,10 +66,47 @@ def task_service(request: Request) -> TaskService:
     return service
 
 
-@router.post("/v1/async-tasks", summary="Queue a task for an ASYNC model (Launch's create async task)")
-async def create_async_task(request: Request, body: CreateAsyncTask,
-                            model_endpoint_id: str = Query(..., description="the model's name or id"),
-                            who: Caller = Depends(caller)) -> Response:
+#: What the OpenAPI document says of the parameters the task routes read themselves (they are served as
+#: plain Starlette routes, :mod:`sgp_infra.api.plain`, so FastAPI does not parse them).
+_MODEL_PARAM = {"name": "model_endpoint_id", "in": "query", "required": True, "schema": {"type": "string"},
+                "description": "the model's name or id"}
+_WAIT_PARAM = {"name": "wait", "in": "query", "required": False,
+               "schema": {"type": "number", "minimum": 0.0, "maximum": MAX_WAIT_SECONDS, "default": 0.0},
+               "description": "hold the answer up to this many seconds until the task is SUCCESS or FAILURE "
+                              "(sgp-infra extension)"}
+
+
+class WaitQuery(BaseModel):
+    """``?wait=``, checked as FastAPI would check a ``Query`` (same 422 on a bad value)."""
+
+    wait: float = Field(0.0, ge=0.0, le=MAX_WAIT_SECONDS)
+
+
+def _invalid(exc: ValidationError, where: str) -> RequestValidationError:
+    """FastAPI's own validation error (the app's 422 handler answers it) for a pydantic error in ``where``."""
+    return RequestValidationError([{**e, "loc": (where, *e["loc"])} for e in exc.errors()])
+
+
+async def _task_body(request: Request) -> CreateAsyncTask:
+    raw = await request.body()
+    if not raw:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required",
+                                       "input": None}])
+    try:
+        return CreateAsyncTask.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _invalid(exc, "body") from None
+
+
+@router.post("/v1/async-tasks", summary="Queue a task for an ASYNC model (Launch's create async task)",
+             openapi_extra={"parameters": [_MODEL_PARAM], "requestBody": {
+                 "required": True, "content": {"application/json": {"schema": CreateAsyncTask.model_json_schema()}}}})
+async def create_async_task(request: Request, who: Caller = Depends(caller)) -> Response:
+    model_endpoint_id = request.query_params.get("model_endpoint_id")
+    if model_endpoint_id is None:
+        raise RequestValidationError([{"type": "missing", "loc": ("query", "model_endpoint_id"),
+                                       "msg": "Field required", "input": None}])
+    body = await _task_body(request)
     entry = visible_model(request, who, model_endpoint_id)
     if body.return_pickled or body.cloudpickle is not None:
         raise ApiError(422, "pickled tasks are not supported; send JSON args")
@@ -78,12 +117,16 @@ async def create_async_task(request: Request, body: CreateAsyncTask,
     return json_response({"task_id": task_id})
 
 
-@router.get("/v1/async-tasks/{task_id}", summary="A task's status and result (Launch's get async task)")
-async def get_async_task(request: Request, task_id: str,
-                         wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_SECONDS,
-                                             description="hold the answer up to this many seconds until the "
-                                                         "task is SUCCESS or FAILURE (sgp-infra extension)"),
-                         who: Caller = Depends(caller)) -> Response:
+@router.get("/v1/async-tasks/{task_id}", summary="A task's status and result (Launch's get async task)",
+            openapi_extra={"parameters": [_WAIT_PARAM]})
+async def get_async_task(request: Request, task_id: str, who: Caller = Depends(caller)) -> Response:
+    wait = 0.0
+    text = request.query_params.get("wait")
+    if text is not None:
+        try:
+            wait = WaitQuery.model_validate({"wait": text}).wait
+        except ValidationError as exc:
+            raise _invalid(exc, "query") from None
     missing = ApiError(404, f"no task '{task_id}' in the accounts this API key may see")
     if not is_task_id(task_id):
         raise missing
@@ -95,12 +138,14 @@ async def get_async_task(request: Request, task_id: str,
 
 
 def install(app: FastAPI, catalog: Catalog, nats_url: Optional[str]) -> Optional[TaskService]:
-    """Add the task routes; with ASYNC models, create ``app.state.tasks`` (started by the app's lifespan).
+    """Add the task routes (served as plain Starlette routes: call it before including the other
+    routers, after the inference routes); with ASYNC models, create ``app.state.tasks`` (started by the app's lifespan).
 
     ``nats_url`` defaults to the stack's broker (``sgp-infra:async.natsUrl``, else the in-cluster NATS).
     """
     from ...plan.nats import client_url, has_async
 
+    serve_plain(app, plain_routes(router, frozenset({"GET", "POST"})))
     app.include_router(router)
     if not has_async(catalog):
         app.state.tasks = None

@@ -4,7 +4,8 @@ One :class:`TaskService` per app (``app.state.tasks``), started and stopped
 with the app.  It owns the broker connection, a waiter table fed by one
 core-NATS subscription on the results bucket's subject (every record write is
 published there, so a waiting call wakes as soon as its task is answered,
-without polling), and the queue-depth gauges, refreshed in the background.
+without polling; the last writes it saw also answer a ``?wait`` read without a
+bucket read), and the queue-depth gauges, refreshed in the background.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ log = logging.getLogger("sgp_infra.api.tasks")
 
 #: Seconds between reads of every ASYNC model's consumer for the queue-depth gauges.
 DEPTH_REFRESH_SECONDS = 5.0
+#: Latest record writes kept (raw) from the results subscription, so a ``?wait`` read needs no bucket read.
+RECENT_RECORDS = 20_000
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class TaskService:
         self.broker.on_ready(self._subscribe_results)
         self.depth = QueueDepth(registry) if registry is not None else None
         self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
+        #: task id -> the raw record of the last write this process saw on the results subject (oldest first).
+        self._recent: dict[str, bytes] = {}
         self._results_sub: Any = None
         self._depth_task: Optional[asyncio.Task[None]] = None
         #: The event loop the service runs on (set by :meth:`start`).
@@ -100,12 +105,20 @@ class TaskService:
         self._results_sub = None
 
     async def _subscribe_results(self) -> None:
+        # Writes made while disconnected were not delivered: what was seen before may be stale.
+        self._recent.clear()
         # Core subscriptions are restored by the client after a reconnect: subscribe once.
         if self._results_sub is None:
             self._results_sub = await self.broker.nc.subscribe(self.broker.results_subject(), cb=self._on_record)
 
     async def _on_record(self, msg: Any) -> None:
         task_id = msg.subject.rsplit(".", 1)[-1]
+        recent = self._recent
+        recent.pop(task_id, None)  # re-inserted last: the dict stays in order of the latest writes
+        if msg.data:
+            recent[task_id] = msg.data
+            if len(recent) > RECENT_RECORDS:
+                del recent[next(iter(recent))]
         waiters = self._waiters.get(task_id)
         if not waiters or not msg.data:
             return
@@ -170,14 +183,18 @@ class TaskService:
         ``wait`` seconds, if ``visible`` (the caller may see it).
 
         The waiter is registered before the one read, so an answer written in between is either read
-        or delivered: one round trip to the bucket, however long the wait.
+        or delivered: at most one round trip to the bucket, however long the wait.  That read is the
+        last write of the record this process saw on the results subject when there is one (every
+        write is published there, in order, and a later one will wake the waiter); else the bucket.
         """
         if wait <= 0:
             return await self.get(task_id)
         future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, []).append(future)
         try:
-            current = await self.get(task_id)
+            current = self._seen(task_id)
+            if current is None:
+                current = await self.get(task_id)
             if current is None or current.final or not visible(current):
                 return current
             try:
@@ -186,6 +203,17 @@ class TaskService:
                 return await self.get(task_id)
         finally:
             self._forget(task_id, future)
+
+    def _seen(self, task_id: str) -> Optional[TaskRecord]:
+        """The last write of the record seen on the results subject, if any (and the broker is connected)."""
+        raw = self._recent.get(task_id)
+        if raw is None or not self.broker.ready:
+            return None
+        try:
+            record = TaskRecord.decode(raw)
+        except (ValueError, KeyError, TypeError):
+            return None
+        return None if record.expired() else record
 
     def _forget(self, task_id: str, future: asyncio.Future[TaskRecord]) -> None:
         waiters = self._waiters.get(task_id)
