@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Optional
+from typing import Any
 
 import kubernetes_validate
 import pulumi
@@ -17,20 +17,9 @@ from sgp_infra.plan.api import (API_KEYS_KEY, CATALOG_KEY, CHECKSUM_ANNOTATION, 
                                 plan_api)
 
 from api_helpers import ROOT
+from mock_helpers import Recorder
 
 CATALOG = load_file(ROOT / "stacks" / "Pulumi.dev.yaml")
-
-
-class Recorder(pulumi.runtime.Mocks):
-    def __init__(self) -> None:
-        self.registered: dict[str, tuple[str, dict[str, Any]]] = {}
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict[str, Any]]:
-        self.registered[args.name] = (args.typ, dict(args.inputs))
-        return f"{args.name}-id", args.inputs
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
-        return {}
 
 
 @pytest.fixture

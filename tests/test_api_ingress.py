@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import jsonschema
 import kubernetes_validate
@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from api_helpers import ROOT
+from mock_helpers import Recorder, strict_schema
 from sgp_infra.catalog import CatalogInvalid, build_catalog, raw_from_stack_doc
 from sgp_infra.cli import main
 from sgp_infra.components.catalog_api import CatalogApi
@@ -35,20 +36,7 @@ def container(manifests: list[dict[str, Any]]) -> dict[str, Any]:
     return of_kind(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
 
 
-def _strict(schema: Any) -> Any:
-    """Forbid fields a structural CRD schema does not declare (the API server would prune them)."""
-    if isinstance(schema, dict):
-        out = {k: _strict(v) for k, v in schema.items()}
-        if ("properties" in out and "additionalProperties" not in out
-                and not out.get("x-kubernetes-preserve-unknown-fields")):
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [_strict(v) for v in schema]
-    return schema
-
-
-HTTPROUTE = jsonschema.Draft7Validator(_strict(json.loads((SCHEMAS / "httproute-v1.schema.json").read_text())))
+HTTPROUTE = jsonschema.Draft7Validator(strict_schema(json.loads((SCHEMAS / "httproute-v1.schema.json").read_text())))
 GATEWAY = {"kind": "httproute", "host": "sgp.example.com", "gatewayRef": {"name": "edge", "namespace": "gateways"}}
 NGINX = {"kind": "ingress", "host": "sgp.example.com", "className": "nginx", "tlsSecretName": "sgp-tls"}
 
@@ -165,18 +153,6 @@ def test_render_includes_the_ingress(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 # --- the component ---------------------------------------------------------------------------------------------------
-
-
-class Recorder(pulumi.runtime.Mocks):
-    def __init__(self) -> None:
-        self.registered: dict[str, tuple[str, dict[str, Any]]] = {}
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict[str, Any]]:
-        self.registered[args.name] = (args.typ, dict(args.inputs))
-        return f"{args.name}-id", args.inputs
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
-        return {}
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from mock_helpers import strict_schema
 from plan_fixtures import STACKS, stack_plans
 from sgp_infra.catalog import CatalogInvalid, build_catalog
 from sgp_infra.catalog.entities import GPU_TYPES, MIG_GPU_TYPES
@@ -40,25 +41,12 @@ def _versions() -> tuple[str, str]:
 OLDEST, NEWEST = _versions()
 
 
-def _strict(schema: Any) -> Any:
-    """Forbid fields a structural CRD schema does not declare (the API server would prune them)."""
-    if isinstance(schema, dict):
-        out = {k: _strict(v) for k, v in schema.items()}
-        if ("properties" in out and "additionalProperties" not in out
-                and not out.get("x-kubernetes-preserve-unknown-fields")):
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [_strict(v) for v in schema]
-    return schema
-
-
 @cache
 def keda_validator(version: str = "v1alpha1") -> jsonschema.protocols.Validator:
     path = KEDA_SCHEMAS / "keda.sh_scaledobjects.yaml"
     crd = yaml.safe_load(path.read_text())
     [entry] = [v for v in crd["spec"]["versions"] if v["name"] == version]
-    schema = _strict(entry["schema"]["openAPIV3Schema"])
+    schema = strict_schema(entry["schema"]["openAPIV3Schema"])
     return jsonschema.Draft7Validator(schema)
 
 

@@ -1,0 +1,34 @@
+"""Shared test helpers: a Pulumi mock that records what a program registers, and strict CRD schemas."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pulumi
+
+
+class Recorder(pulumi.runtime.Mocks):
+    """Pulumi mocks that keep each registered resource's type and inputs by name."""
+
+    def __init__(self) -> None:
+        self.registered: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict[str, Any]]:
+        self.registered[args.name] = (args.typ, dict(args.inputs))
+        return f"{args.name}-id", args.inputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        return {}
+
+
+def strict_schema(schema: Any) -> Any:
+    """Forbid fields a structural CRD schema does not declare (the API server would prune them)."""
+    if isinstance(schema, dict):
+        out = {k: strict_schema(v) for k, v in schema.items()}
+        if ("properties" in out and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [strict_schema(v) for v in schema]
+    return schema
