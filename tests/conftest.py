@@ -7,7 +7,10 @@ import gc
 import warnings
 from typing import Iterator
 
+import pulumi
 import pytest
+
+from mock_helpers import Recorder
 
 
 #: The main thread's loop at the last test's start (``asyncio.run`` unsets it without closing it).
@@ -50,3 +53,11 @@ def unfreeze_heap() -> Iterator[None]:
     """
     yield
     gc.unfreeze()
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    """Pulumi mocks that record what a program registers (a test file may define its own)."""
+    rec = Recorder()
+    pulumi.runtime.set_mocks(rec, preview=False)
+    return rec

@@ -22,13 +22,6 @@ from mock_helpers import Recorder
 CATALOG = load_file(ROOT / "stacks" / "Pulumi.dev.yaml")
 
 
-@pytest.fixture
-def recorder() -> Recorder:
-    rec = Recorder()
-    pulumi.runtime.set_mocks(rec, preview=False)
-    return rec
-
-
 @pulumi.runtime.test
 def test_component_registers_the_planned_objects_and_a_secret(recorder: Recorder) -> Any:
     keys = {"k-123": ["dev-account"]}

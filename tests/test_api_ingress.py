@@ -155,13 +155,6 @@ def test_render_includes_the_ingress(tmp_path: Path, capsys: pytest.CaptureFixtu
 # --- the component ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def recorder() -> Recorder:
-    rec = Recorder()
-    pulumi.runtime.set_mocks(rec, preview=False)
-    return rec
-
-
 @pulumi.runtime.test
 def test_the_component_registers_the_planned_httproute(recorder: Recorder) -> Any:
     api = CatalogApi("gw", {"catalog": catalog_with({"ingress": GATEWAY}), "api_keys": {"k": ["dev-account"]}})

@@ -101,3 +101,10 @@ def try_load_planned(args: argparse.Namespace) -> tuple[Optional[Catalog], list[
         return None, [], EXIT_INVALID
     freeze_long_lived()
     return catalog, manifests, 0
+
+
+def missing_api_extra(what: str, exc: ImportError) -> int:
+    """Say that ``what`` needs the ``api`` extra (the module ``exc`` names is missing); the usage exit code."""
+    print(f"error: {what} needs the api extra ({exc.name} is missing): pip install 'sgp-infra[api]'",
+          file=sys.stderr)
+    return EXIT_USAGE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import EXIT_USAGE, add_source_args, try_load
+from .common import EXIT_USAGE, add_source_args, missing_api_extra, try_load
 
 HELP = "pull an ASYNC model's tasks from NATS JetStream and call the model (the model pod's sidecar)"
 
@@ -45,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
         from ..plan.nats import client_url
         from ..tasks.service import UnknownAsyncModel, build_forwarder, forwarder_app
     except ImportError as exc:
-        print(f"error: the forwarder needs the api extra ({exc.name} is missing): pip install 'sgp-infra[api]'",
-              file=sys.stderr)
-        return EXIT_USAGE
+        return missing_api_extra("the forwarder", exc)
     if not args.backend.startswith(("http://", "https://")):
         print(f"error: --backend must be an http(s) URL, got {args.backend!r}", file=sys.stderr)
         return EXIT_USAGE

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional
 
 from ..catalog import Catalog
 from ..tasks.local import add_local_async_args, start_local_async
-from .common import EXIT_USAGE, add_source_args, config_file_of, try_load
+from .common import EXIT_USAGE, add_source_args, config_file_of, missing_api_extra, try_load
 from .serving import dev_keys
 
 HELP = "run the SGP v4/v5 API service on a stack's catalogue (default http://127.0.0.1:8080)"
@@ -213,9 +213,7 @@ def run(args: argparse.Namespace) -> int:
         from ..api.logs import configure_json_logging
         from .serving import ServeOptions, run as run_server
     except ImportError as exc:
-        print(f"error: serving needs the api extra ({exc.name} is missing): pip install 'sgp-infra[api]'",
-              file=sys.stderr)
-        return EXIT_USAGE
+        return missing_api_extra("serving", exc)
     catalog, code = try_load(args)
     if catalog is None:
         return code
