@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import httpx
 import pytest
@@ -166,6 +166,58 @@ async def one_request(port: int, raw: bytes, *, timeout: float = 10) -> tuple[in
         writer.close()
 
 
+async def answer_while_sending(port: int, head: bytes, more: Iterable[bytes], *,
+                               timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """Send ``head`` then each of ``more`` until the server answers, and return that answer.
+
+    The server answers an over-limit request and closes while this client is
+    still sending.  On a raw socket a failed send (EPIPE, reset) leaves the
+    answer already received readable (Linux returns queued data before the
+    error); asyncio streams would abort the transport and drop it, which made
+    these tests flaky.
+    """
+    loop = asyncio.get_running_loop()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setblocking(False)
+
+    async def receive() -> tuple[int, dict[str, str], bytes]:
+        data = b""
+        while True:
+            head_end = data.find(b"\r\n\r\n")
+            if head_end >= 0:
+                lines = data[:head_end].decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip()
+                           for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+                body = data[head_end + 4:]
+                length = int(headers.get("content-length", "0"))
+                if len(body) >= length:
+                    return int(lines[0].split()[1]), headers, body[:length]
+            try:
+                got = await loop.sock_recv(sock, 65536)
+            except ConnectionResetError:
+                got = b""
+            if not got:
+                raise asyncio.IncompleteReadError(data, None)
+            data += got
+
+    async def send() -> None:
+        try:
+            await loop.sock_sendall(sock, head)
+            for piece in more:
+                await loop.sock_sendall(sock, piece)
+        except OSError:
+            pass  # the server answered and closed: the answer is read by receive()
+
+    answer = asyncio.ensure_future(receive())
+    sender = asyncio.ensure_future(send())
+    try:
+        return await asyncio.wait_for(answer, timeout)
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        sock.close()
+
+
 # --- 1. many unique long URLs without a key -------------------------------------------------------------------
 
 
@@ -252,21 +304,11 @@ def test_an_announced_body_over_the_limit_is_413_and_a_streamed_one_is_cut_at_it
         assert "1,048,576-byte limit" in assert_error_shape(413, body)["detail"]
 
         # Chunked, to a route that reads its body: counted as read, 413 once past the limit.
-        reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
-        writer.write(f"POST /v5/chat/completions HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\n"
-                     "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
-        answer = asyncio.ensure_future(read_response(reader))
         chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
-        try:
-            for _ in range(64):  # 4 MiB, four times the limit
-                if answer.done():
-                    break
-                writer.write(chunk)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        status, _, body = await asyncio.wait_for(answer, 10)
-        writer.close()
+        status, _, body = await answer_while_sending(
+            api.port, f"POST /v5/chat/completions HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\n"
+                      "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode(),
+            [chunk] * 64)  # 4 MiB, four times the limit
         assert status == 413, body
         assert_error_shape(413, body)
 
@@ -384,16 +426,8 @@ def test_too_many_or_too_large_headers_are_431(api: Api) -> None:
         assert status == 431
 
         # An endless header value, never finished: cut at the limit, not buffered.
-        reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\nx-endless: ")
-        try:
-            for _ in range(200):
-                writer.write(b"z" * 65536)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        status, _, body = await asyncio.wait_for(read_response(reader), 10)
-        writer.close()
+        status, _, body = await answer_while_sending(
+            api.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nx-endless: ", [b"z" * 65536] * 200)
         assert status == 431
 
         # Within the limits it is an ordinary request.
