@@ -6,7 +6,9 @@ from typing import Any
 
 from plan_fixtures import find, plan_errors, plan_raw, pod_spec, raw_catalog, v5_model
 from sgp_infra.catalog import build_catalog
-from sgp_infra.plan.nats import NATS_NAME, client_url, nats_conf, task_layout
+from sgp_infra.plan.api import deployment as api_deployment
+from sgp_infra.plan.nats import (CLIENT_PORT, CLUSTER_PORT, MONITOR_PORT, NATS_NAME, client_url, nats_conf,
+                                 task_layout)
 
 
 def async_raw(**infra: Any) -> dict[str, Any]:
@@ -83,6 +85,42 @@ def test_forwarder_sidecar() -> None:
     assert pod["terminationGracePeriodSeconds"] == 150  # the task limit plus a margin
     assert {"name": "catalog", "configMap": {"name": "sgp-infra-catalog"}} in pod["volumes"]
     assert len(pod_spec(plan, "m4")["containers"]) == 1
+
+
+def _admits(policy_ingress: list[dict[str, Any]], labels: dict[str, str], port: int) -> bool:
+    """Whether a same-namespace pod with ``labels`` may reach ``port`` under these ingress rules."""
+    return any(
+        any(p["port"] == port for p in rule["ports"])
+        and any("namespaceSelector" not in peer
+                and peer["podSelector"]["matchLabels"].items() <= labels.items() for peer in rule["from"])
+        for rule in policy_ingress)
+
+
+def test_network_policy_admits_only_the_stacks_clients() -> None:
+    raw = async_raw()
+    raw["async"] = {"replicas": 3}
+    catalog = build_catalog(raw)
+    plan = plan_raw(raw)
+    policy = find(plan, "NetworkPolicy", NATS_NAME)
+    assert policy is not None
+    sts = find(plan, "StatefulSet", NATS_NAME)
+    nats_pod = sts["spec"]["template"]["metadata"]["labels"]  # type: ignore[index]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= nats_pod.items()
+    ingress = policy["spec"]["ingress"]
+    api_pod = api_deployment(catalog)["spec"]["template"]["metadata"]["labels"]
+    model_pod = find(plan, "Deployment", "m5")["spec"]["template"]["metadata"]["labels"]  # type: ignore[index]
+    # The API and the forwarder sidecars in model pods reach the client port; nothing else of the stack's does.
+    assert _admits(ingress, api_pod, CLIENT_PORT) and _admits(ingress, model_pod, CLIENT_PORT)
+    assert not _admits(ingress, {"app": "something-else"}, CLIENT_PORT)
+    assert not _admits(ingress, api_pod, CLUSTER_PORT) and not _admits(ingress, model_pod, MONITOR_PORT)
+    # Peers reach the cluster port; KEDA's operator (any namespace) the monitoring port only.
+    assert _admits(ingress, nats_pod, CLUSTER_PORT)
+    keda = [rule for rule in ingress if any("namespaceSelector" in peer for peer in rule["from"])]
+    assert [p["port"] for rule in keda for p in rule["ports"]] == [MONITOR_PORT]
+    assert keda[0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "keda-operator"}
+    # A single server has no cluster port to admit.
+    single = find(plan_raw(async_raw()), "NetworkPolicy", NATS_NAME)
+    assert single is not None and all(p["port"] != CLUSTER_PORT for r in single["spec"]["ingress"] for p in r["ports"])
 
 
 def test_rules_that_cannot_hold() -> None:

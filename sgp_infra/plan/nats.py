@@ -15,8 +15,9 @@ Two things are decided here and nowhere else:
   ASYNC models and no ``natsUrl``: a StatefulSet with JetStream file storage
   on a PVC per server, a headless Service (stable pod names for cluster routes
   and KEDA's per-server monitoring queries), a client Service, the
-  ``nats.conf`` ConfigMap and, with more than one server, a
-  PodDisruptionBudget that keeps a quorum.
+  ``nats.conf`` ConfigMap, a NetworkPolicy that admits only the stack's
+  own clients and, with more than one server, a PodDisruptionBudget that
+  keeps a quorum.
 
 Pure functions of the catalogue: no I/O, no NATS client.
 """
@@ -27,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from ..catalog import Catalog, ConfigError, Model, StackSettings, config_path
-from .labels import COMPONENT, INSTANCE, MANAGED_BY, MANAGED_BY_KEY, NAME, PART_OF, PART_OF_KEY
+from .labels import (API_POD_SELECTOR, COMPONENT, INSTANCE, MANAGED_BY, MANAGED_BY_KEY, MODEL_POD_SELECTOR, NAME,
+                     PART_OF, PART_OF_KEY)
 
 NATS_NAME = "sgp-infra-nats"
 NATS_HEADLESS = f"{NATS_NAME}-headless"
@@ -47,6 +49,8 @@ STORE_SHARE = 0.9
 #: Most seconds beyond the task time limit before JetStream redelivers an unacknowledged task:
 #: the forwarder's own call times out first, so a redelivery means the worker died.
 ACK_WAIT_MARGIN_SECONDS = 30
+#: The label KEDA's own Helm chart puts on its operator pods, which read the monitoring port for lag.
+KEDA_OPERATOR_SELECTOR = {"app.kubernetes.io/name": "keda-operator"}
 
 
 def ack_wait_seconds(task_timeout_seconds: int) -> int:
@@ -343,12 +347,37 @@ def pdb(settings: StackSettings) -> dict[str, Any]:
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": nats_selector()}}}
 
 
+def network_policy(settings: StackSettings) -> dict[str, Any]:
+    """Who may reach the broker: least privilege for a server that has no auth of its own.
+
+    * the client port, from the API pods (publish, results) and the model pods
+      (their forwarder sidecars) of this stack only;
+    * the cluster port, from the other NATS servers, when clustered;
+    * the monitoring port, from KEDA's operator in any namespace (it reads the
+      consumer lag there), matched by the label KEDA's chart sets.
+    """
+    ingress: list[dict[str, Any]] = [
+        {"from": [{"podSelector": {"matchLabels": dict(API_POD_SELECTOR)}},
+                  {"podSelector": {"matchLabels": dict(MODEL_POD_SELECTOR)}}],
+         "ports": [{"protocol": "TCP", "port": CLIENT_PORT}]},
+        {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": dict(KEDA_OPERATOR_SELECTOR)}}],
+         "ports": [{"protocol": "TCP", "port": MONITOR_PORT}]},
+    ]
+    if settings.async_.replicas > 1:
+        ingress.append({"from": [{"podSelector": {"matchLabels": nats_selector()}}],
+                        "ports": [{"protocol": "TCP", "port": CLUSTER_PORT}]})
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _meta(NATS_NAME, settings.namespace),
+            "spec": {"podSelector": {"matchLabels": nats_selector()}, "policyTypes": ["Ingress"],
+                     "ingress": ingress}}
+
+
 def plan_nats(catalog: Catalog) -> list[dict[str, Any]]:
     """The in-cluster NATS's objects in apply order, or nothing (no ASYNC model, or ``natsUrl``)."""
     if not plans_in_cluster_nats(catalog):
         return []
     settings = catalog.settings
-    out = [config_map(settings), *services(settings), stateful_set(settings)]
+    out = [config_map(settings), *services(settings), network_policy(settings), stateful_set(settings)]
     if settings.async_.replicas > 1:
         out.append(pdb(settings))
     return out
