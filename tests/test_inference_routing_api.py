@@ -28,6 +28,7 @@ from kubernetes_asyncio.client import Configuration
 from api_helpers import running
 from sgp_infra.api.inference import InferenceSettings, endpoint_sources
 from sgp_infra.api.inference.routing import chat_prefix_key
+from sgp_infra.catalog.model import ModelInference
 from test_inference_endpoints import NS, FakeKube, endpoint_slice
 from test_inference_helpers import HEADERS, make_app, make_catalog, serve
 
@@ -312,9 +313,34 @@ def test_a_dead_replica_is_skipped_and_comes_back_after_it_recovers() -> None:
         assert sample(app, "sgp_infra_model_pod_requests_total", model=label, pod=pod0) == 1
         fleet.up(0)
         assert v5_chat(client, messages) == first  # recovered, but still inside its skip time
-        clock.now += InferenceSettings().routing_skip_seconds + 0.1
+        clock.now += ModelInference().pod_skip_seconds + 0.1
         assert v5_chat(client, messages) == "r0"  # the skip is over: back to its own pod
         assert sample(app, "sgp_infra_model_errors_total", model=label, kind="connect") == 0  # no call failed
+
+
+def test_the_pod_skip_time_is_the_model_s_catalogue_setting() -> None:
+    clock = Clock()
+    catalog = make_catalog(inference={CHAT: {"pod_skip_seconds": 30}})
+    with Fleet(3) as fleet, api({CHAT: fleet.urls()}, catalog, clock=clock) as (client, app):
+        messages = owned_by(app, fleet, 0)
+        fleet.down(0)
+        other = v5_chat(client, messages)
+        assert other != "r0"
+        fleet.up(0)
+        clock.now += ModelInference().pod_skip_seconds + 0.1  # past the default, inside the model's 30 s
+        assert v5_chat(client, messages) == other
+        clock.now += 30
+        assert v5_chat(client, messages) == "r0"
+
+
+def test_a_zero_pod_skip_time_retries_a_refusing_pod_at_the_next_call() -> None:
+    catalog = make_catalog(inference={CHAT: {"pod_skip_seconds": 0}})
+    with Fleet(3) as fleet, api({CHAT: fleet.urls()}, catalog) as (client, app):
+        messages = owned_by(app, fleet, 0)
+        fleet.down(0)
+        assert v5_chat(client, messages) != "r0"
+        fleet.up(0)
+        assert v5_chat(client, messages) == "r0"  # never skipped: back on its own pod at once
 
 
 def test_a_503_skips_the_replica_and_retries_on_another() -> None:
@@ -390,6 +416,35 @@ def test_per_pod_metrics_count_a_stream_until_it_ends() -> None:
                      f'sgp_infra_model_routing_total{{model="{label}",outcome="hit"}} 1.0',
                      f'sgp_infra_model_requests_in_flight{{model="{label}"}} 0.0'):
             assert line in text, line
+
+
+def test_a_departed_pod_s_series_are_removed_once_its_last_call_ends() -> None:
+    with ThreadPoolExecutor(1) as pool, Fleet(3) as fleet, api({CHAT: fleet.urls()}) as (client, app):
+        label = object_name(CHAT)
+        gateway = app.state.inference
+        pods = [fleet.url(i).partition("://")[2] for i in range(3)]
+
+        def series(i: int) -> Optional[float]:
+            return app.state.metrics.registry.get_sample_value("sgp_infra_model_pod_requests_total",
+                                                              {"model": label, "pod": pods[i]})
+
+        n = 0
+        while not all(series(i) for i in range(3)):  # every pod has served a call
+            v5_chat(client, conversation(n))
+            n += 1
+        held = owned_by(app, fleet, 1)
+        fleet.replicas[1].stream_gate.clear()
+        streaming: Future[str] = pool.submit(v5_chat, client, held, CHAT, True)
+        until(lambda: sample(app, "sgp_infra_model_pod_requests_in_flight", model=label, pod=pods[1]) == 1,
+              "a stream in flight on r1")
+        gateway.on_pods_change(label, frozenset({fleet.url(2)}))  # r0 and r1 leave; r1 still streams
+        assert series(0) is None  # no call in flight: gone at once
+        assert series(1) is not None and series(2) is not None
+        fleet.replicas[1].stream_gate.set()
+        assert "r1" in streaming.result()
+        until(lambda: series(1) is None, "r1's series removed when its stream ended")
+        assert series(2) is not None
+        assert f'pod="{pods[0]}"' not in client.get("/metrics").text
 
 
 # --- serve --backend MODEL=URL1,URL2 ------------------------------------------------------------------

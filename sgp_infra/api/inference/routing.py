@@ -381,16 +381,17 @@ class Routing:
         self._pods: dict[str, frozenset[str]] = {}
 
     def replicas(self, name: str, strategy: Strategy = "least-load",
-                 bound_factor: Optional[float] = None) -> Replicas:
-        """The model's state, created on first use; ``strategy`` and ``bound_factor`` are the
-        model's current ones (the catalogue's ``inference.routing`` and ``load_bound_factor``;
-        ``None``: this Routing's default).  A catalogue update may change them; the counts
-        and the ring stay."""
+                 bound_factor: Optional[float] = None, skip_seconds: Optional[float] = None) -> Replicas:
+        """The model's state, created on first use; ``strategy``, ``bound_factor`` and
+        ``skip_seconds`` are the model's current ones (the catalogue's ``inference.routing``,
+        ``load_bound_factor`` and ``pod_skip_seconds``; ``None``: this Routing's default).
+        A catalogue update may change them; the counts, the skips under way and the ring stay."""
         bound = self.bound_factor if bound_factor is None else bound_factor
+        skip = self.skip_seconds if skip_seconds is None else skip_seconds
         r = self.models.get(name)
         if r is None:
             r = self.models[name] = Replicas(strategy, self._pods.get(name, ()), bound_factor=bound,
-                                             skip_seconds=self.skip_seconds, vnodes=self.vnodes, clock=self.clock,
+                                             skip_seconds=skip, vnodes=self.vnodes, clock=self.clock,
                                              rng=self.rng)
             return r
         if r.strategy != strategy:
@@ -399,6 +400,10 @@ class Routing:
             if not bound >= 1.0:
                 raise ValueError(f"bound_factor must be at least 1.0 (got {bound})")
             r.bound_factor = bound
+        if r.skip_seconds != skip:
+            if skip < 0:
+                raise ValueError("skip_seconds must not be negative")
+            r.skip_seconds = skip
         return r
 
     def pods(self, name: str) -> frozenset[str]:
