@@ -276,6 +276,17 @@ def test_every_turn_of_a_chat_has_the_same_key_and_conversations_differ() -> Non
         [{"role": "system", "content": "a"}, {"role": "system", "content": "b"}])
 
 
+def test_a_long_shared_system_prompt_still_spreads_conversations_by_their_first_question() -> None:
+    tools = {"role": "system", "content": "You can call these tools: " + "{\"name\": \"tool\"} " * 3000}
+    first = [tools, {"role": "user", "content": "Book a flight."}]
+    assert len(tools["content"]) > 50_000
+    assert chat_prefix_key(first) != chat_prefix_key([tools, {"role": "user", "content": "Book a hotel."}])
+    assert chat_prefix_key(first) == chat_prefix_key(first + [{"role": "assistant", "content": "Done."},
+                                                              {"role": "user", "content": "Thanks."}])
+    longer = {"role": "system", "content": tools["content"] + " One more tool."}
+    assert chat_prefix_key(first) != chat_prefix_key([longer, first[1]])  # hashed whole, not cut
+
+
 def test_completion_keys_are_the_prompt_head() -> None:
     head = "x" * 256
     assert completion_prefix_key(head + "one") == completion_prefix_key(head + "two") == head.encode()

@@ -66,11 +66,6 @@ DEFAULT_VNODES = 128
 #: Characters of a completion prompt hashed for affinity (KubeAI's default is 100;
 #: 256 covers a typical instruction header without reaching the varying part).
 DEFAULT_PREFIX_CHARS = 256
-#: Cap on a chat key's text: the system messages and first user turn are
-#: hashed whole up to this many characters (a longer shared head is the same
-#: cached prefix anyway).
-DEFAULT_CHAT_KEY_CHARS = 8192
-
 _CHAT_TYPES = frozenset({"completion", "chat_completion"})
 _LEADING_ROLES = frozenset({"system", "developer"})
 
@@ -101,28 +96,31 @@ def completion_prefix_key(prompt: str, chars: int = DEFAULT_PREFIX_CHARS) -> byt
     return prompt[:chars].encode("utf-8", "surrogatepass")
 
 
-def chat_prefix_key(messages: Sequence[Mapping[str, Any]], chars: int = DEFAULT_CHAT_KEY_CHARS) -> bytes:
-    """The bytes hashed for a chat: the leading system/developer messages and the
-    first user message (or, with no user message, the first other one).
+def chat_prefix_key(messages: Sequence[Mapping[str, Any]]) -> bytes:
+    """The key of a chat: a 16-byte hash of each leading system/developer message and of
+    the first user message (or, with no user message, the first other one), in order.
 
-    Every turn of one conversation re-sends those, so all its turns hash the
-    same and return to the pod holding the conversation's KV cache; two
-    conversations over the same system prompt differ by their first question,
-    so they spread over the pods (the shared system prompt is cheap to cache
-    everywhere).  Roles and contents are separated by NUL and RS bytes so that
-    moving text between fields changes the key.
+    Every turn of one conversation re-sends those, so all its turns hash the same and
+    return to the pod holding the conversation's KV cache; two conversations over the
+    same system prompt differ by their first question, so they spread over the pods
+    (the shared system prompt is cheap to cache everywhere).  Each message is hashed
+    whole, however long: agent system prompts with tool definitions run to tens of
+    thousands of characters, and a key cut inside them would be the same for every
+    conversation, piling them onto one pod until the load bound scatters their turns.
+    Each part hashes its role and content separated by a NUL byte, so moving text
+    between messages or roles changes the key.
     """
-    parts: list[str] = []
+    parts: list[bytes] = []
     for message in messages:
         role = str(message.get("role") or "user")
-        parts.append(f"{role}\x00{content_text(message.get('content'))}")
+        text = f"{role}\x00{content_text(message.get('content'))}"
+        parts.append(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest())
         if role not in _LEADING_ROLES:
             break
-    return "\x1e".join(parts)[:chars].encode("utf-8", "surrogatepass")
+    return b"".join(parts)
 
 
-def prefix_key(call: Call, *, prompt_chars: int = DEFAULT_PREFIX_CHARS,
-               chat_chars: int = DEFAULT_CHAT_KEY_CHARS) -> Optional[bytes]:
+def prefix_key(call: Call, *, prompt_chars: int = DEFAULT_PREFIX_CHARS) -> Optional[bytes]:
     """The affinity key of a parsed v4 or v5 call; ``None`` for embeddings and
     reranking (no prompt cache to return to: those route by load).
 
@@ -131,7 +129,7 @@ def prefix_key(call: Call, *, prompt_chars: int = DEFAULT_PREFIX_CHARS,
     turn in place across turns.
     """
     if call.op == "chat":
-        return chat_prefix_key(call.messages, chat_chars)
+        return chat_prefix_key(call.messages)
     if call.op == "completion":
         return completion_prefix_key(call.prompt, prompt_chars)
     return None
