@@ -2,8 +2,8 @@
 
 Not a test (nothing here asserts timing).  Run from the repository root:
 
-    venv/bin/python bench/bench_routing.py            # ~75 s: three strategies, 8 s warm-up + 16 s measured each
-    venv/bin/python bench/bench_routing.py --quick    # a few seconds, a smaller load (a smoke run)
+    venv/bin/python bench/bench_routing.py            # ~3 min: 3 repeats x 3 strategies x (8 s warm-up + 12 s measured)
+    venv/bin/python bench/bench_routing.py --quick    # a few seconds, a smaller load, one repeat (a smoke run)
     venv/bin/python bench/bench_routing.py --via-api  # the same through the real API (serve --backend M=U1,U2,...)
 
 Method
@@ -12,49 +12,81 @@ Method
 127.0.0.1 speaking a streamed OpenAI chat completion (``POST
 /v1/chat/completions``, SSE, ``usage.prompt_tokens_details.cached_tokens`` in
 the last event, as vLLM reports it).  A replica behaves like one vLLM engine,
-with sleeps instead of a GPU (so the two shared cores do not decide the
-result):
+with timers instead of a GPU:
 
-* it runs at most ``M`` sequences (``--slots``, 8) and queues the rest (FIFO);
-* it keeps an LRU prefix cache of ``C`` tokens (``--cache-tokens``) in
-  16-token blocks, each block keyed by a hash chained over the whole prefix
-  (as vLLM's automatic prefix caching does), holding the prompt and the
-  generated tokens of every finished sequence; a prompt reuses its longest
-  cached run of leading blocks;
+* it runs at most ``M`` sequences (``--slots``, 8; vLLM's ``max_num_seqs``)
+  and queues the rest (FIFO);
+* its KV cache holds ``C`` tokens (``--kv-tokens``) in 16-token blocks, each
+  keyed by a hash chained over the whole prefix (vLLM's automatic prefix
+  caching).  A running sequence holds the blocks of its prompt and answer
+  (reserved when it starts); when it ends they stay cached, and the least
+  recently used of the blocks no sequence holds are evicted to make room.  A
+  prompt reuses its longest cached run of leading blocks;
 * prefill takes ``--prefill-ms`` per *uncached* prompt token and runs one
-  sequence at a time (prefill is compute-bound: one prompt's prefill delays
-  the next), then each output token takes ``--decode-ms`` (decode is
-  memory-bound: the ``M`` running sequences advance together).
+  sequence at a time (compute-bound: one prompt's prefill delays the next),
+  then each output token takes ``--decode-ms`` (memory-bound: the running
+  sequences advance together).
+
+Every duration is a deadline on the event loop's clock: the prefill unit is
+free again at a computed time, and a sequence's tokens are due at fixed times
+after its prefill.  A late wake-up (the shared CPU busy elsewhere) delays that
+one event, but lengthens no slot's occupancy and pushes back no later
+prefill, so CPU contention does not turn into extra queueing; the queueing the
+strategies are compared on is the model's.  What CPU contention still adds
+is the client-side delay of the first event itself, the same for every
+strategy in expectation; the repeats (below) take care of its bursts.
 
 Tokens are whitespace-separated words; a chat is flattened as
 ``<role> words...`` per message followed by ``<assistant>``, the way a chat
 template is, so turn *n+1* of a conversation starts with turn *n*'s prompt
 and answer.
 
-Workload (``--seed``, the same for every strategy): conversations arrive as a
-Poisson process (open loop: arrivals do not wait for answers), each over one
-of 4 shared system prompts (~200 tokens, Zipf-weighted), 2-8 turns; the first
-user turn carries a document-sized context (lognormal, median 400 tokens), the
-later ones short questions (median 30); answers are lognormal (median 48,
-long tail, capped at 400 tokens); a user thinks ~1 s (exponential) between
-an answer and the next question.  Every strategy gets a fresh fleet (cold
-caches); only turns sent after the warm-up are measured.
+Workload (seeded, the same for every strategy within a repeat): multi-turn
+conversations, such as an assistant or agent working over a document, arrive
+as a Poisson process (open loop: arrivals do not wait for answers), each over
+one of 4 shared system prompts (~200 tokens, Zipf-weighted), 2-8 turns; the
+first user turn carries a document-sized context (lognormal, median 400
+tokens), the later ones short questions (median 30); answers are lognormal
+(median 48, long tail, capped at 400 tokens); the next question follows an
+answer after ~1 s (exponential: a tool call or a quick reader).  Every
+strategy gets a fresh fleet (cold caches); only turns sent after the warm-up
+are measured.
 
-Sizing (why these defaults): ``M`` = 8 and the arrival rate give an offered
-load of about 75% of the fleet's slots (printed at start: ``offered load``).
-The cache, ``C`` = 20k tokens per replica, is about 1.5x the tokens that the
-conversations in progress have accumulated, per replica, when each
-conversation stays on one replica (printed: ``live conversation prefixes``),
-so about 0.4x of what a replica is asked to hold when every conversation
-visits every replica.  That is the regime placement is for: a cache many
-times the working set makes every strategy hit, one far below it makes none
-hit; a real engine's KV memory (tens of thousands of tokens for an 8B model
-on a 24 GB GPU) is also shared with the running sequences.  Prefill costs
-1/160 of a decoded token per token (0.05 vs 8 ms), the ratio of an 8B model
-on a current GPU, with time scaled so a run takes seconds.  The system
-prompts are short next to the conversations (~200 tokens against a ~480-token
-first turn and ~100 tokens per later turn): a long shared system prompt is
-cached on every replica whatever the routing, and narrows the difference.
+Sizing (why these defaults):
+
+* ``C`` = 32k tokens: the KV cache of an 8B model on a 24 GB GPU (an L4 or
+  A10G): 90% of the memory (vLLM's ``gpu_memory_utilization``) less ~16 GB of
+  bf16 weights and the activations leaves about 4 GiB, at 128 KiB per token
+  (Llama 3.1 8B: 32 layers x 8 KV heads x 128 x 2 x 2 bytes) some 32k tokens,
+  2,048 blocks.  It holds the running sequences and a few dozen finished
+  conversations.  The bench prints it
+  against the tokens the conversations in progress have accumulated
+  (``live conversation prefixes``): about 2.5x their share per replica when
+  each conversation stays on one replica, about 0.6x what a replica is asked
+  to hold when conversations visit every replica.  That middle regime is
+  where placement decides hits, as on real GPUs: a cache many times the
+  working set makes every strategy hit, one far below it makes none hit.
+* ``M`` = 8 and 9 conversations a second give an offered load of about 75%
+  of the fleet's slots (printed: ``offered load``), the busy-but-not-saturated
+  regime where routing changes queueing.
+* Prefill costs 1/160 of a decoded token per token (0.05 vs 8 ms), the ratio
+  of an 8B model on a current GPU, at roughly real time.
+* The system prompts are short next to the conversations: a long shared
+  system prompt is cached on every replica whatever the routing, and narrows
+  the difference.  The bench prints the hit rate's bounds: the share of
+  prompt tokens that the system prompts alone cover (about what random
+  routing with no reuse would get) and the share any strategy could hit if
+  every turn found its whole conversation cached (the ceiling).  The
+  hit-rate ratio cannot exceed their quotient.
+
+Repeats: ``--repeats`` (3) runs every strategy once per seed (``--seed``,
+``--seed`` + 1, ...), each run of a repeat at the same offered load (its
+seed's workload).  The ratios to ``service`` are taken per repeat and their
+median is the verdict (each repeat's ratio is printed too); the table pools
+every repeat's samples (about 550 turns measured per strategy and repeat, so
+the pooled p99 rests on some 15 samples, a single repeat's on 5).  A burst of
+CPU contention from other work on the machine lands in one repeat and moves
+that repeat's ratio, not the median.
 
 Strategies, routed by default in this process by
 :class:`sgp_infra.api.inference.routing.Replicas` (``Router.route`` is the one
@@ -63,13 +95,14 @@ place a call's pod is chosen), the way the API's gateway routes:
 * ``service``: what kube-proxy does today, a uniformly random pod per call;
 * ``least-load``: fewest calls in flight from this router;
 * ``prefix-affinity``: CHWBL over :func:`~sgp_infra.api.inference.routing.chat_prefix_key`
-  (system prompt + first user turn), bound factor ``--bound-factor`` (1.25).
+  (system prompt + first user turn), bound factor ``--bound-factor`` (1.25),
+  the bound's floor a replica's slots (the model's ``per_worker``).
 
-``--via-api`` sends the same workload through the real API instead: for each
-strategy a fresh fleet and a ``python -m sgp_infra serve`` subprocess
-(``--status none``, one worker) on a temporary stack holding one VLLM chat
-model per strategy (``inference.routing``, ``load_bound_factor``), with the
-fleet as ``--backend sim-<strategy>=URL1,URL2,...``.  The client sends v5
+``--via-api`` sends the same workload through the real API instead: one
+``python -m sgp_infra serve`` subprocess (``--status none``, one worker) on a
+temporary stack holding one VLLM chat model per strategy and repeat
+(``inference.routing``, ``load_bound_factor``), each with its own fleet as
+``--backend sim-<strategy>-<repeat>=URL1,URL2,...``.  The client sends v5
 chat completions (``/v5/chat/completions``, streamed); the API passes the
 backend's events, usage included, through.  For ``service`` the model's one
 backend URL is a stand-in for kube-proxy in this process (each call to a
@@ -374,6 +407,26 @@ def live_prefix_tokens(p: Params, convs: list[Conversation]) -> float:
     return statistics.fmean(totals) if totals else 0.0
 
 
+def hit_bounds(p: Params, convs: list[Conversation]) -> tuple[float, float]:
+    """``(system prompts alone, ceiling)``: the share of every turn's prompt tokens in full
+    blocks of its system prompt (cached everywhere once seen), and the share in full blocks
+    of the conversation's previous turn and answer (what a turn finds if its conversation
+    is still cached where it lands; the first turn: the system prompt)."""
+    system_blocks = (1 + p.system_tokens) // BLOCK * BLOCK
+    prompts = system = ceiling = 0
+    for c in convs:
+        length, previous = 1 + p.system_tokens, 0
+        for turn in c.turns:
+            length += 1 + len(turn.question.split())
+            prompt = length + 1  # the generation prompt, <assistant>
+            prompts += prompt
+            system += system_blocks
+            ceiling += min(prompt - 1, max(system_blocks, previous // BLOCK * BLOCK))
+            previous = prompt + turn.max_tokens
+            length = previous
+    return system / prompts, ceiling / prompts
+
+
 # --- routing and measuring ---------------------------------------------------------------------
 
 
@@ -391,7 +444,8 @@ class Router:
     """The one place a call's pod is chosen (and counted in flight), in this process."""
 
     def __init__(self, strategy: Strategy, urls: list[str], p: Params):
-        self.replicas = Replicas(strategy, urls, bound_factor=p.bound_factor, rng=random.Random(p.seed))
+        self.replicas = Replicas(strategy, urls, bound_factor=p.bound_factor, bound_floor=p.slots,
+                                 rng=random.Random(p.seed))
         self.rng = random.Random(p.seed + 1)
         self.urls = urls
 
@@ -523,14 +577,17 @@ def model_name(strategy: str, repeat: int) -> str:
 
 
 def stack_doc(p: Params, models: dict[str, Strategy]) -> dict[str, Any]:
-    """A stack with one VLLM chat model per (strategy, repeat) (``inference.routing``), room for the whole load."""
+    """A stack with one VLLM chat model per (strategy, repeat) (``inference.routing``): ``per_worker``
+    is a replica's slots (the load bound's floor, as in the in-process router), and ``max_workers``
+    only sets the API's in-flight cap (``per_worker x max_workers``) high enough never to answer 429:
+    the replicas queue what they cannot run, as vLLM does."""
     bundle = {"registry": "ghcr.io/sgp-infra", "image": "sim", "tag": "1", "command": ["serve"],
               "healthcheck_route": "/health", "predict_route": "/v1/chat/completions",
               "streaming_predict_route": "/v1/chat/completions", "readiness_initial_delay_seconds": 5}
     template = {"endpoint_type": "STREAMING", "model_type": "CHAT_COMPLETION", "endpoint_protocol": "VLLM",
                 "vendor_configuration": {"vendor": "LAUNCH", "bundle_config": bundle,
                                          "endpoint_config": {"cpus": 1, "memory": "1Gi", "min_workers": 1,
-                                                             "max_workers": p.replicas, "per_worker": 1024}}}
+                                                             "max_workers": 1000, "per_worker": p.slots}}}
     doc = {name: {"model_type": "CHAT_COMPLETION", "model_template_id": "sim",
                   "inference": {"routing": strategy, "load_bound_factor": p.bound_factor}}
            for name, strategy in models.items()}
@@ -758,6 +815,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"live conversation prefixes: ~{live / 1000:.0f}k tokens in all, ~{live / p.replicas / 1000:.1f}k per "
           f"replica when each conversation stays on one; KV cache per replica = "
           f"{p.kv_tokens / (live / p.replicas):.2f}x that")
+    alone, ceiling = hit_bounds(p, convs)
+    print(f"prefix-cache hit rate bounds: {alone:.0%} from the system prompts alone, {ceiling:.0%} if every turn "
+          f"found its conversation cached (so at most {ceiling / alone:.1f}x the former)")
     runs = asyncio.run(run_all(p, strategies, p.repeats, args.via_api))  # type: ignore[arg-type]
     print("\n".join(report(p, runs)))
     return 0

@@ -261,14 +261,23 @@ def test_prefix_affinity_keeps_a_conversation_on_one_replica_and_spreads_convers
         assert sample(app, "sgp_infra_model_routing_total", model=label, outcome="spill") == 0
 
 
+def chat_per_worker(per_worker: int) -> Any:
+    """The test catalogue with the chat model serving ``per_worker`` calls per pod (the load bound's
+    floor), and room for them all under the in-flight cap."""
+    return make_catalog({CHAT: {"model_type": "CHAT_COMPLETION", "model_template_id": CHAT,
+                                "per_worker": per_worker, "max_workers": 16}})
+
+
 def test_the_load_bound_spills_a_hot_prefix() -> None:
-    with ThreadPoolExecutor(6) as pool, Fleet(3) as fleet, api({CHAT: fleet.urls()}) as (client, app):
+    with ThreadPoolExecutor(6) as pool, Fleet(3) as fleet, \
+            api({CHAT: fleet.urls()}, chat_per_worker(1)) as (client, app):
         for r in fleet.replicas:
             r.gate.clear()
         calls = [pool.submit(v5_chat, client, conversation(7)) for _ in range(6)]
         until(lambda: sum(fleet.counts()) == 6, "six calls in flight")
-        # One prefix, six calls at once.  The bound, ceil(1.25 x (in flight + 1) / 3), is 1, 1, 2, 2,
-        # 3, 3 at the six picks: the own pod takes calls 1, 3, 5, the next pod on the ring 2, 4, 6.
+        # One prefix, six calls at once.  The bound, ceil(1.25 x (in flight + 1) / 3) with a floor of
+        # per_worker = 1, is 1, 1, 2, 2, 3, 3 at the six picks: the own pod takes calls 1, 3, 5, the next
+        # pod on the ring 2, 4, 6.
         assert sorted(fleet.counts()) == [0, 3, 3]
         for r in fleet.replicas:
             r.gate.set()
@@ -276,6 +285,24 @@ def test_the_load_bound_spills_a_hot_prefix() -> None:
         label = object_name(CHAT)
         assert sample(app, "sgp_infra_model_routing_total", model=label, outcome="hit") == 3
         assert sample(app, "sgp_infra_model_routing_total", model=label, outcome="spill") == 3
+
+
+def test_a_hot_prefix_stays_on_its_pod_while_the_pod_serves_fewer_than_per_worker_calls() -> None:
+    with ThreadPoolExecutor(6) as pool, Fleet(3) as fleet, \
+            api({CHAT: fleet.urls()}, chat_per_worker(4)) as (client, app):
+        for r in fleet.replicas:
+            r.gate.clear()
+        calls = [pool.submit(v5_chat, client, conversation(7)) for _ in range(6)]
+        until(lambda: sum(fleet.counts()) == 6, "six calls in flight")
+        # The relative bound alone would spill the second call already (1, 1, 2, 2, 3, 3); the floor of
+        # per_worker = 4 keeps four on the own pod, then the relative bound (3) is below the own pod's 4.
+        assert sorted(fleet.counts()) == [0, 2, 4]
+        for r in fleet.replicas:
+            r.gate.set()
+        assert all(f.result() for f in calls)
+        label = object_name(CHAT)
+        assert sample(app, "sgp_infra_model_routing_total", model=label, outcome="hit") == 4
+        assert sample(app, "sgp_infra_model_routing_total", model=label, outcome="spill") == 2
 
 
 def test_service_strategy_uses_the_first_url_only() -> None:

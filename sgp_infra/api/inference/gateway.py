@@ -134,11 +134,12 @@ class Gateway:
         return model_base_url(model, self.backends, self.namespace)
 
     def replicas(self, model: Model) -> Replicas:
-        """``model``'s routing state, with its catalogue strategy, bound factor and pod skip time."""
+        """``model``'s routing state, with its catalogue strategy, bound factor and pod skip
+        time; the load bound's floor is its ``per_worker`` (the calls one pod serves at once)."""
         inference = model.inference
         strategy: Strategy = check_strategy(inference.routing)
         return self.routing.replicas(model.object_name, strategy, inference.load_bound_factor,
-                                     inference.pod_skip_seconds)
+                                     inference.pod_skip_seconds, max(1, model.per_worker))
 
     def pick(self, model: Model, replicas: Replicas, key: Optional[bytes], tried: set[str]) -> tuple[str, PodLease]:
         """The base URL of one attempt, counted in flight there until the lease is released.

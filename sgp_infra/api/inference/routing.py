@@ -21,8 +21,12 @@ Strategies (``docs/inference.md``, "Routing across replicas"):
   Thorup and Zadimoghaddam 2018; KubeAI's ``PrefixHash``).  Every pod owns
   ``vnodes`` points on a 64-bit ring; the call's prefix key is hashed onto the
   ring and the walk takes the first pod whose load is below
-  ``ceil(bound_factor * (total_in_flight + 1) / n)``, so a hot prefix spills
-  to the next pods instead of queueing on one.
+  ``max(bound_floor, ceil(bound_factor * (total_in_flight + 1) / n))``, so a
+  hot prefix spills to the next pods instead of queueing on one.  The floor
+  (the model's ``per_worker``, the calls one pod serves at once) keeps a
+  lightly loaded fleet from spilling: with a call or two in flight the
+  relative bound alone is 1, and a pod already serving one call would pass
+  the next to a pod without its cache, though it has room for both.
 * ``service``: no pick; the call goes to the model's Service (kube-proxy picks).
 
 The ring is a function of the pod set alone (blake2b of the addresses, never
@@ -233,9 +237,11 @@ class Replicas:
     """
 
     def __init__(self, strategy: Strategy = "least-load", pods: Iterable[str] = (), *,
-                 bound_factor: float = DEFAULT_BOUND_FACTOR, skip_seconds: float = DEFAULT_SKIP_SECONDS,
-                 vnodes: int = DEFAULT_VNODES, clock: Callable[[], float] = time.monotonic,
-                 rng: Optional[random.Random] = None):
+                 bound_factor: float = DEFAULT_BOUND_FACTOR, bound_floor: int = 1,
+                 skip_seconds: float = DEFAULT_SKIP_SECONDS, vnodes: int = DEFAULT_VNODES,
+                 clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None):
+        if bound_floor < 1:
+            raise ValueError(f"bound_floor must be at least 1 (got {bound_floor})")
         if not bound_factor >= 1.0:  # also rejects NaN
             raise ValueError(f"bound_factor must be at least 1.0 (got {bound_factor}): below 1 the pods "
                              "together could not take the load")
@@ -243,6 +249,7 @@ class Replicas:
             raise ValueError("skip_seconds must not be negative")
         self.strategy = check_strategy(strategy)
         self.bound_factor = bound_factor
+        self.bound_floor = bound_floor
         self.skip_seconds = skip_seconds
         self.vnodes = vnodes
         self.clock = clock
@@ -324,10 +331,10 @@ class Replicas:
         return healthy or pool
 
     def load_bound(self, candidates: Collection[str]) -> int:
-        """``ceil(bound_factor * (in flight on the candidates + 1) / len(candidates))``:
-        a pod at or above it passes the call on (CHWBL)."""
+        """``ceil(bound_factor * (in flight on the candidates + 1) / len(candidates))``, and
+        at least ``bound_floor``: a pod at or above it passes the call on (CHWBL)."""
         total = sum(self.load(p) for p in candidates)
-        return math.ceil(self.bound_factor * (total + 1) / len(candidates))
+        return max(self.bound_floor, math.ceil(self.bound_factor * (total + 1) / len(candidates)))
 
     def pick(self, key: Optional[bytes] = None, exclude: Collection[str] = ()) -> Choice:
         """Where the next call goes.  ``key``: its prefix key (:func:`prefix_key`;
@@ -355,7 +362,8 @@ class Replicas:
             if pod in allowed and self.load(pod) < bound:
                 return Choice(pod, "hit" if first else "spill")
             first = False
-        # Unreachable while bound_factor >= 1 (some candidate is below the mean);
+        # Unreachable while bound_factor >= 1 (some candidate is below the mean, and the floor
+        # only raises the bound);
         # kept so a pick never fails.
         return Choice(self._least_loaded(pool), "spill")
 
@@ -378,20 +386,25 @@ class Routing:
         self.models: dict[str, Replicas] = {}
         self._pods: dict[str, frozenset[str]] = {}
 
-    def replicas(self, name: str, strategy: Strategy = "least-load",
-                 bound_factor: Optional[float] = None, skip_seconds: Optional[float] = None) -> Replicas:
-        """The model's state, created on first use; ``strategy``, ``bound_factor`` and
-        ``skip_seconds`` are the model's current ones (the catalogue's ``inference.routing``,
-        ``load_bound_factor`` and ``pod_skip_seconds``; ``None``: this Routing's default).
-        A catalogue update may change them; the counts, the skips under way and the ring stay."""
+    def replicas(self, name: str, strategy: Strategy = "least-load", bound_factor: Optional[float] = None,
+                 skip_seconds: Optional[float] = None, bound_floor: int = 1) -> Replicas:
+        """The model's state, created on first use; ``strategy``, ``bound_factor``,
+        ``skip_seconds`` and ``bound_floor`` are the model's current ones (the catalogue's
+        ``inference.routing``, ``load_bound_factor``, ``pod_skip_seconds`` and the model's
+        ``per_worker``; ``None``: this Routing's default).  A catalogue update may change
+        them; the counts, the skips under way and the ring stay."""
         bound = self.bound_factor if bound_factor is None else bound_factor
         skip = self.skip_seconds if skip_seconds is None else skip_seconds
         r = self.models.get(name)
         if r is None:
             r = self.models[name] = Replicas(strategy, self._pods.get(name, ()), bound_factor=bound,
-                                             skip_seconds=skip, vnodes=self.vnodes, clock=self.clock,
-                                             rng=self.rng)
+                                             bound_floor=bound_floor, skip_seconds=skip, vnodes=self.vnodes,
+                                             clock=self.clock, rng=self.rng)
             return r
+        if r.bound_floor != bound_floor:
+            if bound_floor < 1:
+                raise ValueError(f"bound_floor must be at least 1 (got {bound_floor})")
+            r.bound_floor = bound_floor
         if r.strategy != strategy:
             r.strategy = check_strategy(strategy)
         if r.bound_factor != bound:
