@@ -30,9 +30,10 @@ with timers instead of a GPU:
 Every duration is a deadline on the event loop's clock: the prefill unit is
 free again at a computed time, and a sequence's tokens are due at fixed times
 after its prefill.  A late wake-up (the shared CPU busy elsewhere) delays that
-one event, but lengthens no slot's occupancy and pushes back no later
-prefill, so CPU contention does not turn into extra queueing; the queueing the
-strategies are compared on is the model's.  What CPU contention still adds
+one event: lags do not add up along a sequence's tokens (its slot is held at
+most one late wake-up past its due end) nor along the prefill queue, so CPU
+contention does not turn into extra queueing; the queueing the strategies are
+compared on is the model's.  What CPU contention still adds
 is the client-side delay of the first event itself, the same for every
 strategy in expectation; the repeats (below) take care of its bursts.
 
@@ -210,9 +211,9 @@ class Engine:
     in blocks shared by the running sequences (pinned) and the prefix cache (the rest, LRU).
 
     Every duration is scheduled against a deadline on the event loop's clock, not slept
-    step by step: a late wake-up (a busy shared CPU) delays that one event, but neither
-    lengthens the time a slot is held nor pushes back the next prefill, so the queueing
-    the strategies are compared on is the model's, not the machine's.
+    step by step: a late wake-up (a busy shared CPU) delays that one event, and lags do
+    not add up along a sequence's tokens or the prefill queue, so the queueing the
+    strategies are compared on is the model's, not the machine's.
     """
 
     def __init__(self, p: Params):
