@@ -422,7 +422,7 @@ def test_inference_extension_defaults_by_model_type() -> None:
 def test_inference_extension_model_overrides_template_field_by_field() -> None:
     raw = raw_catalog()
     tname, template = next(iter(raw["templates"].items()))
-    template["inference"] = {"read_timeout_seconds": 30, "routing": "service"}
+    template["inference"] = {"read_timeout_seconds": 30, "routing": "service", "pod_skip_seconds": 12}
     template["async_tasks"] = {"max_deliveries": 5, "task_timeout_seconds": 120}
     mname = next(n for n, m in raw["models"].items() if m.get("model_template_id") == tname)
     raw["models"][mname]["inference"] = {"routing": "least-load", "cold_start_hold_seconds": 10}
@@ -431,6 +431,7 @@ def test_inference_extension_model_overrides_template_field_by_field() -> None:
     assert model.inference.read_timeout_seconds == 30.0      # the template's
     assert model.inference.routing == "least-load"           # the model's own
     assert model.inference.cold_start_hold_seconds == 10.0
+    assert model.inference.pod_skip_seconds == 12.0         # the template's
     assert model.async_tasks.max_deliveries == 5
     assert model.async_tasks.task_timeout_seconds == 60
 
@@ -439,7 +440,7 @@ def test_inference_extension_rejects_unknown_and_out_of_range_fields() -> None:
     raw = raw_catalog()
     mname = next(iter(raw["models"]))
     raw["models"][mname]["inference"] = {"routing": "round-robin", "read_timout_seconds": 3,
-                                         "load_bound_factor": 0.5}
+                                         "load_bound_factor": 0.5, "pod_skip_seconds": -1}
     with pytest.raises(CatalogInvalid) as info:
         build_catalog(raw)
     text = str(info.value)
@@ -447,3 +448,4 @@ def test_inference_extension_rejects_unknown_and_out_of_range_fields() -> None:
     assert f"sgp-infra:models.{mname}.inference.read_timout_seconds: unknown field (did you mean " \
            "'read_timeout_seconds'?)" in text
     assert f"sgp-infra:models.{mname}.inference.load_bound_factor" in text
+    assert f"sgp-infra:models.{mname}.inference.pod_skip_seconds" in text

@@ -44,17 +44,27 @@ def affinity(pods: frozenset[str], **kw: Any) -> Replicas:
 
 
 @FAST
-@given(pod_sets, keys, st.sampled_from([1.0, 1.25, 2.0]))
+@given(pod_sets, keys, st.sampled_from([1.0, 1.25, 2.0]), st.sampled_from([1, 2, 8]))
 def test_no_pod_exceeds_the_load_bound_under_concurrent_load(pods: frozenset[str], seq: list[bytes],
-                                                             factor: float) -> None:
-    r = affinity(pods, bound_factor=factor)
+                                                             factor: float, floor: int) -> None:
+    r = affinity(pods, bound_factor=factor, bound_floor=floor)
     for key in seq:  # acquire without release: every call is still running
         total = sum(r.in_flight.values())
-        bound = math.ceil(factor * (total + 1) / len(pods))
+        bound = max(floor, math.ceil(factor * (total + 1) / len(pods)))
         choice = r.pick(key)
         assert choice.pod in pods and r.load(choice.pod) < bound
         r.acquire(choice)
-    assert max(r.in_flight.values()) <= math.ceil(factor * len(seq) / len(pods))
+    assert max(r.in_flight.values()) <= max(floor, math.ceil(factor * len(seq) / len(pods)))
+
+
+@FAST
+@given(pod_sets, st.binary(max_size=24), st.integers(min_value=1, max_value=16))
+def test_below_the_floor_a_hot_key_stays_on_its_own_pod(pods: frozenset[str], key: bytes, floor: int) -> None:
+    r = affinity(pods, bound_floor=floor)
+    picks = [r.acquire(r.pick(key)).pod for _ in range(floor)]
+    assert picks == [r.ring.owner(key)] * floor  # every call a hit, though the other pods are idle
+    if len(pods) > 1 and math.ceil(1.25 * (floor + 1) / len(pods)) <= floor:
+        assert r.pick(key).outcome == "spill"  # the floor reached, and the relative bound no higher: spill
 
 
 @FAST
@@ -237,6 +247,8 @@ def test_pods_leaving_keep_their_calls_counted_until_they_end() -> None:
 def test_bad_settings_are_rejected() -> None:
     with pytest.raises(ValueError, match="bound_factor"):
         Replicas("prefix-affinity", bound_factor=0.9)
+    with pytest.raises(ValueError, match="bound_floor"):
+        Replicas("prefix-affinity", bound_floor=0)
     with pytest.raises(ValueError, match="bound_factor"):
         Replicas("prefix-affinity", bound_factor=float("nan"))
     with pytest.raises(ValueError, match="least-load, prefix-affinity, service"):
@@ -274,6 +286,17 @@ def test_every_turn_of_a_chat_has_the_same_key_and_conversations_differ() -> Non
     assert chat_prefix_key(parts) == chat_prefix_key(turn1)
     assert chat_prefix_key([{"role": "system", "content": "ab"}]) != chat_prefix_key(
         [{"role": "system", "content": "a"}, {"role": "system", "content": "b"}])
+
+
+def test_a_long_shared_system_prompt_still_spreads_conversations_by_their_first_question() -> None:
+    tools = {"role": "system", "content": "You can call these tools: " + "{\"name\": \"tool\"} " * 3000}
+    first = [tools, {"role": "user", "content": "Book a flight."}]
+    assert len(tools["content"]) > 50_000
+    assert chat_prefix_key(first) != chat_prefix_key([tools, {"role": "user", "content": "Book a hotel."}])
+    assert chat_prefix_key(first) == chat_prefix_key(first + [{"role": "assistant", "content": "Done."},
+                                                              {"role": "user", "content": "Thanks."}])
+    longer = {"role": "system", "content": tools["content"] + " One more tool."}
+    assert chat_prefix_key(first) != chat_prefix_key([longer, first[1]])  # hashed whole, not cut
 
 
 def test_completion_keys_are_the_prompt_head() -> None:

@@ -28,6 +28,7 @@ from kubernetes_asyncio.client import Configuration
 from api_helpers import running
 from sgp_infra.api.inference import InferenceSettings, endpoint_sources
 from sgp_infra.api.inference.routing import chat_prefix_key
+from sgp_infra.catalog.model import ModelInference
 from test_inference_endpoints import NS, FakeKube, endpoint_slice
 from test_inference_helpers import HEADERS, make_app, make_catalog, serve
 
@@ -260,14 +261,23 @@ def test_prefix_affinity_keeps_a_conversation_on_one_replica_and_spreads_convers
         assert sample(app, "sgp_infra_model_routing_total", model=label, outcome="spill") == 0
 
 
+def chat_per_worker(per_worker: int) -> Any:
+    """The test catalogue with the chat model serving ``per_worker`` calls per pod (the load bound's
+    floor), and room for them all under the in-flight cap."""
+    return make_catalog({CHAT: {"model_type": "CHAT_COMPLETION", "model_template_id": CHAT,
+                                "per_worker": per_worker, "max_workers": 16}})
+
+
 def test_the_load_bound_spills_a_hot_prefix() -> None:
-    with ThreadPoolExecutor(6) as pool, Fleet(3) as fleet, api({CHAT: fleet.urls()}) as (client, app):
+    with ThreadPoolExecutor(6) as pool, Fleet(3) as fleet, \
+            api({CHAT: fleet.urls()}, chat_per_worker(1)) as (client, app):
         for r in fleet.replicas:
             r.gate.clear()
         calls = [pool.submit(v5_chat, client, conversation(7)) for _ in range(6)]
         until(lambda: sum(fleet.counts()) == 6, "six calls in flight")
-        # One prefix, six calls at once.  The bound, ceil(1.25 x (in flight + 1) / 3), is 1, 1, 2, 2,
-        # 3, 3 at the six picks: the own pod takes calls 1, 3, 5, the next pod on the ring 2, 4, 6.
+        # One prefix, six calls at once.  The bound, ceil(1.25 x (in flight + 1) / 3) with a floor of
+        # per_worker = 1, is 1, 1, 2, 2, 3, 3 at the six picks: the own pod takes calls 1, 3, 5, the next
+        # pod on the ring 2, 4, 6.
         assert sorted(fleet.counts()) == [0, 3, 3]
         for r in fleet.replicas:
             r.gate.set()
@@ -275,6 +285,24 @@ def test_the_load_bound_spills_a_hot_prefix() -> None:
         label = object_name(CHAT)
         assert sample(app, "sgp_infra_model_routing_total", model=label, outcome="hit") == 3
         assert sample(app, "sgp_infra_model_routing_total", model=label, outcome="spill") == 3
+
+
+def test_a_hot_prefix_stays_on_its_pod_while_the_pod_serves_fewer_than_per_worker_calls() -> None:
+    with ThreadPoolExecutor(6) as pool, Fleet(3) as fleet, \
+            api({CHAT: fleet.urls()}, chat_per_worker(4)) as (client, app):
+        for r in fleet.replicas:
+            r.gate.clear()
+        calls = [pool.submit(v5_chat, client, conversation(7)) for _ in range(6)]
+        until(lambda: sum(fleet.counts()) == 6, "six calls in flight")
+        # The relative bound alone would spill the second call already (1, 1, 2, 2, 3, 3); the floor of
+        # per_worker = 4 keeps four on the own pod, then the relative bound (3) is below the own pod's 4.
+        assert sorted(fleet.counts()) == [0, 2, 4]
+        for r in fleet.replicas:
+            r.gate.set()
+        assert all(f.result() for f in calls)
+        label = object_name(CHAT)
+        assert sample(app, "sgp_infra_model_routing_total", model=label, outcome="hit") == 4
+        assert sample(app, "sgp_infra_model_routing_total", model=label, outcome="spill") == 2
 
 
 def test_service_strategy_uses_the_first_url_only() -> None:
@@ -312,9 +340,34 @@ def test_a_dead_replica_is_skipped_and_comes_back_after_it_recovers() -> None:
         assert sample(app, "sgp_infra_model_pod_requests_total", model=label, pod=pod0) == 1
         fleet.up(0)
         assert v5_chat(client, messages) == first  # recovered, but still inside its skip time
-        clock.now += InferenceSettings().routing_skip_seconds + 0.1
+        clock.now += ModelInference().pod_skip_seconds + 0.1
         assert v5_chat(client, messages) == "r0"  # the skip is over: back to its own pod
         assert sample(app, "sgp_infra_model_errors_total", model=label, kind="connect") == 0  # no call failed
+
+
+def test_the_pod_skip_time_is_the_model_s_catalogue_setting() -> None:
+    clock = Clock()
+    catalog = make_catalog(inference={CHAT: {"pod_skip_seconds": 30}})
+    with Fleet(3) as fleet, api({CHAT: fleet.urls()}, catalog, clock=clock) as (client, app):
+        messages = owned_by(app, fleet, 0)
+        fleet.down(0)
+        other = v5_chat(client, messages)
+        assert other != "r0"
+        fleet.up(0)
+        clock.now += ModelInference().pod_skip_seconds + 0.1  # past the default, inside the model's 30 s
+        assert v5_chat(client, messages) == other
+        clock.now += 30
+        assert v5_chat(client, messages) == "r0"
+
+
+def test_a_zero_pod_skip_time_retries_a_refusing_pod_at_the_next_call() -> None:
+    catalog = make_catalog(inference={CHAT: {"pod_skip_seconds": 0}})
+    with Fleet(3) as fleet, api({CHAT: fleet.urls()}, catalog) as (client, app):
+        messages = owned_by(app, fleet, 0)
+        fleet.down(0)
+        assert v5_chat(client, messages) != "r0"
+        fleet.up(0)
+        assert v5_chat(client, messages) == "r0"  # never skipped: back on its own pod at once
 
 
 def test_a_503_skips_the_replica_and_retries_on_another() -> None:
@@ -390,6 +443,35 @@ def test_per_pod_metrics_count_a_stream_until_it_ends() -> None:
                      f'sgp_infra_model_routing_total{{model="{label}",outcome="hit"}} 1.0',
                      f'sgp_infra_model_requests_in_flight{{model="{label}"}} 0.0'):
             assert line in text, line
+
+
+def test_a_departed_pod_s_series_are_removed_once_its_last_call_ends() -> None:
+    with ThreadPoolExecutor(1) as pool, Fleet(3) as fleet, api({CHAT: fleet.urls()}) as (client, app):
+        label = object_name(CHAT)
+        gateway = app.state.inference
+        pods = [fleet.url(i).partition("://")[2] for i in range(3)]
+
+        def series(i: int) -> Optional[float]:
+            return app.state.metrics.registry.get_sample_value("sgp_infra_model_pod_requests_total",
+                                                              {"model": label, "pod": pods[i]})
+
+        n = 0
+        while not all(series(i) for i in range(3)):  # every pod has served a call
+            v5_chat(client, conversation(n))
+            n += 1
+        held = owned_by(app, fleet, 1)
+        fleet.replicas[1].stream_gate.clear()
+        streaming: Future[str] = pool.submit(v5_chat, client, held, CHAT, True)
+        until(lambda: sample(app, "sgp_infra_model_pod_requests_in_flight", model=label, pod=pods[1]) == 1,
+              "a stream in flight on r1")
+        gateway.on_pods_change(label, frozenset({fleet.url(2)}))  # r0 and r1 leave; r1 still streams
+        assert series(0) is None  # no call in flight: gone at once
+        assert series(1) is not None and series(2) is not None
+        fleet.replicas[1].stream_gate.set()
+        assert "r1" in streaming.result()
+        until(lambda: series(1) is None, "r1's series removed when its stream ended")
+        assert series(2) is not None
+        assert f'pod="{pods[0]}"' not in client.get("/metrics").text
 
 
 # --- serve --backend MODEL=URL1,URL2 ------------------------------------------------------------------

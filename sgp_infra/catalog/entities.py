@@ -121,6 +121,10 @@ class InferenceOptions(_Strict):
         default=None, ge=1.0, le=10.0,
         description="prefix-affinity's load bound: no pod takes more than this times the mean load "
                     "(default 1.25).")
+    pod_skip_seconds: Optional[float] = Field(
+        default=None, ge=0, le=300,
+        description="How long routing skips a pod that refused a connection, reset it before answering, "
+                    "did not accept one in time or answered 503 (default 5; 0 never skips).")
 
 
 class AsyncTaskOptions(_Strict):

@@ -52,6 +52,7 @@ class ModelInference:
     cold_start_hold_seconds: float = 50.0
     routing: str = "least-load"
     load_bound_factor: float = 1.25
+    pod_skip_seconds: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def endpoint_sources(gateway: Gateway, catalog: Catalog, backends: Mapping[str, 
             static[model.object_name] = parse_backend_urls(text)
     sources: list[Any] = []
     if static:
-        sources.append(StaticEndpoints(static, gateway.routing.on_change))
+        sources.append(StaticEndpoints(static, gateway.on_pods_change))
     from ..kube_status import KubeStatus
 
     kube = status if isinstance(status, KubeStatus) else None
@@ -99,6 +99,6 @@ def endpoint_sources(gateway: Gateway, catalog: Catalog, backends: Mapping[str, 
         # The status source's namespace and API server (serve --namespace), else the catalogue's and the pod's.
         namespace = kube.namespace if kube is not None else gateway.namespace
         configuration = gateway.settings.kube_configuration or (kube.configuration if kube is not None else None)
-        sources.append(EndpointSliceWatcher(namespace, gateway.routing.on_change, services,
+        sources.append(EndpointSliceWatcher(namespace, gateway.on_pods_change, services,
                                             configuration=configuration))
     return sources

@@ -19,15 +19,15 @@ Where a call goes and how it gets there:
 
 A call is counted in flight on its pod (a :class:`PodLease`) from its attempt
 until the answer is closed, streams included; a pod that refused, reset, did
-not accept a connection in time or answered 503 is skipped for
-``InferenceSettings.routing_skip_seconds``.
+not accept a connection in time or answered 503 is skipped for the model's
+``inference.pod_skip_seconds`` (catalogue; 5 s by default).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Mapping, Optional
+from typing import Any, AsyncIterator, Callable, Mapping, Optional
 
 import orjson
 from prometheus_client import Gauge
@@ -71,28 +71,34 @@ class Slot:
 
 class PodLease:
     """One attempt counted in flight on its pod: the routing :class:`~.routing.Lease` and the
-    per-pod gauge, released together, once (a lease for the Service counts nothing)."""
+    per-pod gauge, released together, once (a lease for the Service counts nothing).
+    ``on_release`` runs after the release (the gateway forgets a departed pod's series)."""
 
-    __slots__ = ("lease", "gauge")
+    __slots__ = ("lease", "gauge", "on_release")
 
-    def __init__(self, lease: Lease, gauge: Optional[Gauge]):
+    def __init__(self, lease: Lease, gauge: Optional[Gauge], on_release: Optional[Callable[[], None]] = None):
         self.lease = lease
         self.gauge = gauge
+        self.on_release = on_release
         if gauge is not None:
             gauge.inc()
 
     def release(self) -> None:
         if not self.lease.released:
             self.lease.release()
-            if self.gauge is not None:
-                self.gauge.dec()
+            self._released()
 
     def failed(self) -> None:
         """The pod looks down: skip it for a while, and release."""
         if not self.lease.released:
             self.lease.failed()
-            if self.gauge is not None:
-                self.gauge.dec()
+            self._released()
+
+    def _released(self) -> None:
+        if self.gauge is not None:
+            self.gauge.dec()
+        if self.on_release is not None:
+            self.on_release()
 
 
 def pod_label(pod: str) -> str:
@@ -113,7 +119,7 @@ class Gateway:
         #: Calls in flight in this process, per model object name: the 429 cap's count.
         self.in_flight: dict[str, int] = {}
         #: Every model's pods, by object name; fed by the endpoint sources (``install``).
-        self.routing = Routing(skip_seconds=settings.routing_skip_seconds)
+        self.routing = Routing()
 
     async def aclose(self) -> None:
         await self.waker.close()
@@ -128,10 +134,12 @@ class Gateway:
         return model_base_url(model, self.backends, self.namespace)
 
     def replicas(self, model: Model) -> Replicas:
-        """``model``'s routing state, with its catalogue strategy and bound factor."""
+        """``model``'s routing state, with its catalogue strategy, bound factor and pod skip
+        time; the load bound's floor is its ``per_worker`` (the calls one pod serves at once)."""
         inference = model.inference
         strategy: Strategy = check_strategy(inference.routing)
-        return self.routing.replicas(model.object_name, strategy, inference.load_bound_factor)
+        return self.routing.replicas(model.object_name, strategy, inference.load_bound_factor,
+                                     inference.pod_skip_seconds, max(1, model.per_worker))
 
     def pick(self, model: Model, replicas: Replicas, key: Optional[bytes], tried: set[str]) -> tuple[str, PodLease]:
         """The base URL of one attempt, counted in flight there until the lease is released.
@@ -152,8 +160,26 @@ class Gateway:
         tried.add(choice.pod)
         pod = pod_label(choice.pod)
         rm.pod_requests.labels(label, pod).inc()
-        return choice.pod, PodLease(replicas.acquire(choice), rm.pod_in_flight.labels(label, pod))
+        return choice.pod, PodLease(replicas.acquire(choice), rm.pod_in_flight.labels(label, pod),
+                                    lambda: self.forget_if_gone(label, choice.pod))
 
+    def on_pods_change(self, name: str, pods: frozenset[str]) -> None:
+        """A model's ready pods changed (the :mod:`.endpoints` callback): update the routing
+        state, and remove the metric series of the pods that left, at once for those with
+        no call in flight from here, else when their last call ends (:class:`PodLease`)."""
+        replicas = self.routing.models.get(name)
+        before = replicas.pods if replicas is not None else frozenset()
+        self.routing.on_change(name, pods)
+        for pod in before:
+            self.forget_if_gone(name, pod)
+
+    def forget_if_gone(self, name: str, pod: Optional[str]) -> None:
+        """Remove ``pod``'s series if it is no longer one of the model's ready pods and
+        has no call in flight from this process (series exist only for routed models)."""
+        replicas = self.routing.models.get(name)
+        if pod is None or replicas is None or pod in replicas.pods or replicas.load(pod) > 0:
+            return
+        self.metrics.routing.forget(name, pod_label(pod))
 
     def timeouts(self, model: Model, read: Optional[float] = None) -> Timeouts:
         """``model``'s timeouts from the catalogue (``read`` lowers the read timeout for one call)."""

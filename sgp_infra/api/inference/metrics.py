@@ -11,6 +11,7 @@ shows the sum over the live workers, so KEDA's query is the same either way.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -79,8 +80,11 @@ ROUTING_OUTCOMES = ("hit", "spill", "least-load", "service")
 class RoutingMetrics:
     """Routing across a model's pods (``docs/inference.md``, "Routing across replicas").
 
-    ``pod`` is the pod's address without the scheme (``10.1.2.3:8000``).  Series of
-    a pod that left stay (at 0 in flight) until the API restarts.
+    ``pod`` is the pod's address without the scheme (``10.1.2.3:8000``).  A pod's
+    series are removed (:meth:`forget`) once it has left the model's ready set and
+    its last call from this process has ended, so a fleet that rolls over does not
+    pile up series; in multiprocess mode they stay (prometheus_client cannot remove
+    a series there).
     """
 
     def __init__(self, registry: CollectorRegistry):
@@ -94,3 +98,11 @@ class RoutingMetrics:
                                "How attempts were routed: hit (the prefix's own pod), spill (a later pod on "
                                "the ring), least-load, service (no pod known or the service strategy)",
                                ["model", "outcome"], registry=registry)
+
+    def forget(self, model: str, pod: str) -> None:
+        """Remove ``pod``'s series of ``model`` (a no-op for series never created, and in
+        prometheus_client's multiprocess mode, where removal is not implemented)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"):
+            return
+        for metric in (self.pod_in_flight, self.pod_requests):
+            metric.remove(model, pod)

@@ -21,8 +21,12 @@ Strategies (``docs/inference.md``, "Routing across replicas"):
   Thorup and Zadimoghaddam 2018; KubeAI's ``PrefixHash``).  Every pod owns
   ``vnodes`` points on a 64-bit ring; the call's prefix key is hashed onto the
   ring and the walk takes the first pod whose load is below
-  ``ceil(bound_factor * (total_in_flight + 1) / n)``, so a hot prefix spills
-  to the next pods instead of queueing on one.
+  ``max(bound_floor, ceil(bound_factor * (total_in_flight + 1) / n))``, so a
+  hot prefix spills to the next pods instead of queueing on one.  The floor
+  (the model's ``per_worker``, the calls one pod serves at once) keeps a
+  lightly loaded fleet from spilling: with a call or two in flight the
+  relative bound alone is 1, and a pod already serving one call would pass
+  the next to a pod without its cache, though it has room for both.
 * ``service``: no pick; the call goes to the model's Service (kube-proxy picks).
 
 The ring is a function of the pod set alone (blake2b of the addresses, never
@@ -66,11 +70,6 @@ DEFAULT_VNODES = 128
 #: Characters of a completion prompt hashed for affinity (KubeAI's default is 100;
 #: 256 covers a typical instruction header without reaching the varying part).
 DEFAULT_PREFIX_CHARS = 256
-#: Cap on a chat key's text: the system messages and first user turn are
-#: hashed whole up to this many characters (a longer shared head is the same
-#: cached prefix anyway).
-DEFAULT_CHAT_KEY_CHARS = 8192
-
 _CHAT_TYPES = frozenset({"completion", "chat_completion"})
 _LEADING_ROLES = frozenset({"system", "developer"})
 
@@ -101,28 +100,31 @@ def completion_prefix_key(prompt: str, chars: int = DEFAULT_PREFIX_CHARS) -> byt
     return prompt[:chars].encode("utf-8", "surrogatepass")
 
 
-def chat_prefix_key(messages: Sequence[Mapping[str, Any]], chars: int = DEFAULT_CHAT_KEY_CHARS) -> bytes:
-    """The bytes hashed for a chat: the leading system/developer messages and the
-    first user message (or, with no user message, the first other one).
+def chat_prefix_key(messages: Sequence[Mapping[str, Any]]) -> bytes:
+    """The key of a chat: a 16-byte hash of each leading system/developer message and of
+    the first user message (or, with no user message, the first other one), in order.
 
-    Every turn of one conversation re-sends those, so all its turns hash the
-    same and return to the pod holding the conversation's KV cache; two
-    conversations over the same system prompt differ by their first question,
-    so they spread over the pods (the shared system prompt is cheap to cache
-    everywhere).  Roles and contents are separated by NUL and RS bytes so that
-    moving text between fields changes the key.
+    Every turn of one conversation re-sends those, so all its turns hash the same and
+    return to the pod holding the conversation's KV cache; two conversations over the
+    same system prompt differ by their first question, so they spread over the pods
+    (the shared system prompt is cheap to cache everywhere).  Each message is hashed
+    whole, however long: agent system prompts with tool definitions run to tens of
+    thousands of characters, and a key cut inside them would be the same for every
+    conversation, piling them onto one pod until the load bound scatters their turns.
+    Each part hashes its role and content separated by a NUL byte, so moving text
+    between messages or roles changes the key.
     """
-    parts: list[str] = []
+    parts: list[bytes] = []
     for message in messages:
         role = str(message.get("role") or "user")
-        parts.append(f"{role}\x00{content_text(message.get('content'))}")
+        text = f"{role}\x00{content_text(message.get('content'))}"
+        parts.append(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest())
         if role not in _LEADING_ROLES:
             break
-    return "\x1e".join(parts)[:chars].encode("utf-8", "surrogatepass")
+    return b"".join(parts)
 
 
-def prefix_key(call: Call, *, prompt_chars: int = DEFAULT_PREFIX_CHARS,
-               chat_chars: int = DEFAULT_CHAT_KEY_CHARS) -> Optional[bytes]:
+def prefix_key(call: Call, *, prompt_chars: int = DEFAULT_PREFIX_CHARS) -> Optional[bytes]:
     """The affinity key of a parsed v4 or v5 call; ``None`` for embeddings and
     reranking (no prompt cache to return to: those route by load).
 
@@ -131,7 +133,7 @@ def prefix_key(call: Call, *, prompt_chars: int = DEFAULT_PREFIX_CHARS,
     turn in place across turns.
     """
     if call.op == "chat":
-        return chat_prefix_key(call.messages, chat_chars)
+        return chat_prefix_key(call.messages)
     if call.op == "completion":
         return completion_prefix_key(call.prompt, prompt_chars)
     return None
@@ -235,9 +237,11 @@ class Replicas:
     """
 
     def __init__(self, strategy: Strategy = "least-load", pods: Iterable[str] = (), *,
-                 bound_factor: float = DEFAULT_BOUND_FACTOR, skip_seconds: float = DEFAULT_SKIP_SECONDS,
-                 vnodes: int = DEFAULT_VNODES, clock: Callable[[], float] = time.monotonic,
-                 rng: Optional[random.Random] = None):
+                 bound_factor: float = DEFAULT_BOUND_FACTOR, bound_floor: int = 1,
+                 skip_seconds: float = DEFAULT_SKIP_SECONDS, vnodes: int = DEFAULT_VNODES,
+                 clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None):
+        if bound_floor < 1:
+            raise ValueError(f"bound_floor must be at least 1 (got {bound_floor})")
         if not bound_factor >= 1.0:  # also rejects NaN
             raise ValueError(f"bound_factor must be at least 1.0 (got {bound_factor}): below 1 the pods "
                              "together could not take the load")
@@ -245,6 +249,7 @@ class Replicas:
             raise ValueError("skip_seconds must not be negative")
         self.strategy = check_strategy(strategy)
         self.bound_factor = bound_factor
+        self.bound_floor = bound_floor
         self.skip_seconds = skip_seconds
         self.vnodes = vnodes
         self.clock = clock
@@ -326,10 +331,10 @@ class Replicas:
         return healthy or pool
 
     def load_bound(self, candidates: Collection[str]) -> int:
-        """``ceil(bound_factor * (in flight on the candidates + 1) / len(candidates))``:
-        a pod at or above it passes the call on (CHWBL)."""
+        """``ceil(bound_factor * (in flight on the candidates + 1) / len(candidates))``, and
+        at least ``bound_floor``: a pod at or above it passes the call on (CHWBL)."""
         total = sum(self.load(p) for p in candidates)
-        return math.ceil(self.bound_factor * (total + 1) / len(candidates))
+        return max(self.bound_floor, math.ceil(self.bound_factor * (total + 1) / len(candidates)))
 
     def pick(self, key: Optional[bytes] = None, exclude: Collection[str] = ()) -> Choice:
         """Where the next call goes.  ``key``: its prefix key (:func:`prefix_key`;
@@ -357,7 +362,8 @@ class Replicas:
             if pod in allowed and self.load(pod) < bound:
                 return Choice(pod, "hit" if first else "spill")
             first = False
-        # Unreachable while bound_factor >= 1 (some candidate is below the mean);
+        # Unreachable while bound_factor >= 1 (some candidate is below the mean, and the floor
+        # only raises the bound);
         # kept so a pick never fails.
         return Choice(self._least_loaded(pool), "spill")
 
@@ -380,25 +386,35 @@ class Routing:
         self.models: dict[str, Replicas] = {}
         self._pods: dict[str, frozenset[str]] = {}
 
-    def replicas(self, name: str, strategy: Strategy = "least-load",
-                 bound_factor: Optional[float] = None) -> Replicas:
-        """The model's state, created on first use; ``strategy`` and ``bound_factor`` are the
-        model's current ones (the catalogue's ``inference.routing`` and ``load_bound_factor``;
-        ``None``: this Routing's default).  A catalogue update may change them; the counts
-        and the ring stay."""
+    def replicas(self, name: str, strategy: Strategy = "least-load", bound_factor: Optional[float] = None,
+                 skip_seconds: Optional[float] = None, bound_floor: int = 1) -> Replicas:
+        """The model's state, created on first use; ``strategy``, ``bound_factor``,
+        ``skip_seconds`` and ``bound_floor`` are the model's current ones (the catalogue's
+        ``inference.routing``, ``load_bound_factor``, ``pod_skip_seconds`` and the model's
+        ``per_worker``; ``None``: this Routing's default).  A catalogue update may change
+        them; the counts, the skips under way and the ring stay."""
         bound = self.bound_factor if bound_factor is None else bound_factor
+        skip = self.skip_seconds if skip_seconds is None else skip_seconds
         r = self.models.get(name)
         if r is None:
             r = self.models[name] = Replicas(strategy, self._pods.get(name, ()), bound_factor=bound,
-                                             skip_seconds=self.skip_seconds, vnodes=self.vnodes, clock=self.clock,
-                                             rng=self.rng)
+                                             bound_floor=bound_floor, skip_seconds=skip, vnodes=self.vnodes,
+                                             clock=self.clock, rng=self.rng)
             return r
+        if r.bound_floor != bound_floor:
+            if bound_floor < 1:
+                raise ValueError(f"bound_floor must be at least 1 (got {bound_floor})")
+            r.bound_floor = bound_floor
         if r.strategy != strategy:
             r.strategy = check_strategy(strategy)
         if r.bound_factor != bound:
             if not bound >= 1.0:
                 raise ValueError(f"bound_factor must be at least 1.0 (got {bound})")
             r.bound_factor = bound
+        if r.skip_seconds != skip:
+            if skip < 0:
+                raise ValueError("skip_seconds must not be negative")
+            r.skip_seconds = skip
         return r
 
     def pods(self, name: str) -> frozenset[str]:

@@ -74,9 +74,6 @@ class InferenceSettings:
     keepalive_seconds: float = 4.0
     #: Backend connections open at once, over every model.
     pool_limit: int = 1024
-    #: Seconds a model pod is skipped after it refused a connection, reset it before answering,
-    #: did not accept one in time, or answered 503 (``docs/inference.md``, "Routing across replicas").
-    routing_skip_seconds: float = 5.0
     #: Watch the models' EndpointSlices and send calls to their pods: ``None`` (default) when model
     #: status comes from Kubernetes (``serve --status kubernetes``, the default in a pod).
     endpoint_slices: Optional[bool] = None
