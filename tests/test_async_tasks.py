@@ -300,7 +300,7 @@ def test_planned_names_match_the_live_server(tmp_path: Path, broker: LocalNats, 
         consumers = {c["name"]: c["config"] for c in stream["consumer_detail"]}
         assert set(consumers) == {queue.consumer}
         config = consumers[queue.consumer]
-        assert config["filter_subject"] == queue.subject
+        assert config["filter_subject"] == queue.filter_subject == f"{queue.subject}.*"
         assert config["max_ack_pending"] == queue.max_ack_pending == 3 * 2
         assert config["max_deliver"] == queue.max_deliver
         assert config["ack_wait"] == queue.ack_wait_seconds * 1_000_000_000

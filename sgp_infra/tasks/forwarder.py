@@ -22,8 +22,9 @@ For each task it pulls (never more than ``per_worker`` at once):
 5. acknowledges only after the record is written, then calls the task's
    ``callback_url`` once if this forwarder wrote the final state.
 
-Final records are written with compare-and-set, so however many times a task
-runs, one answer is recorded and later writers leave it alone.  A forwarder
+Records are written with compare-and-set (a create when there is none yet),
+so however many times a task runs, one answer is recorded and later writers
+leave it alone.  A forwarder
 killed mid-task never acknowledges: JetStream redelivers after the ack wait.
 The acknowledgement is not confirmed (one publish, no round trip): if it is
 lost, the redelivery finds the final record and is acknowledged as a duplicate.
@@ -219,8 +220,9 @@ class Forwarder:
 
     async def _run_task(self, msg: Any, message: TaskMessage, deliveries: int) -> None:
         revision: Optional[int]
-        if deliveries == 1 and message.revision is not None:
-            # First delivery: nobody else ran it; the PENDING record is at the revision the API wrote.
+        if deliveries == 1:
+            # First delivery: nobody else ran it, so there is no record yet (or, from an API of an
+            # earlier version, its PENDING record at the revision the message carries).
             record, revision = self._record_for(message), message.revision
         else:
             current = await self.broker.get(message.task_id)
@@ -278,10 +280,8 @@ class Forwarder:
         await msg.ack()
 
     def _record_for(self, message: TaskMessage) -> TaskRecord:
-        """A record for a task whose PENDING record is gone (expired): rebuilt from the message."""
-        return TaskRecord(task_id=message.task_id, model=message.model, account_id=self.queue.account_id,
-                          status="PENDING", enqueued_at=message.enqueued_at, callback_url=message.callback_url,
-                          result_ttl_seconds=self.queue.result_ttl_seconds)
+        """The ``PENDING`` record a task without one has, from its message (the first write creates it)."""
+        return message.pending(self.queue.account_id, self.queue.result_ttl_seconds)
 
     async def _call(self, message: TaskMessage) -> tuple[Optional[int], Any, Optional[str]]:
         """``(status code, JSON answer, error text or None)`` of one call to the model."""
