@@ -107,6 +107,7 @@ class Forwarder:
         """The pooled HTTP session (at most ``per_worker`` connections to the model, kept alive)."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
+                headers={"content-type": "application/json"},  # every body sent is JSON
                 connector=aiohttp.TCPConnector(limit=max(1, self.queue.per_worker)),
                 timeout=aiohttp.ClientTimeout(total=float(self.queue.task_timeout_seconds), sock_connect=10.0))
         return self._session
@@ -237,20 +238,26 @@ class Forwarder:
             return
         self.metrics.queued(self.queue.model, max(0.0, time.time() - message.enqueued_at))
         began = time.monotonic()
-        call = asyncio.ensure_future(self._call(message))
+        # STARTED is written by a timer, only for a call still running after STARTED_AFTER_SECONDS: a
+        # fast task costs no write, no extra task and no wait besides its call.
+        loop = asyncio.get_running_loop()
+        marking: list[asyncio.Task[Optional[tuple[TaskRecord, Optional[int]]]]] = []
+        timer = loop.call_later(STARTED_AFTER_SECONDS, lambda: marking.append(
+            loop.create_task(self._mark_started(record, revision, deliveries))))
         try:
-            done, _ = await asyncio.wait({call}, timeout=STARTED_AFTER_SECONDS)
-            if not done:
-                marked = await self._mark_started(record, revision, deliveries)
-                if marked is None:  # another delivery answered meanwhile: that answer stands
-                    call.cancel()
-                    await self._duplicate(msg)
-                    return
-                record, revision = marked
-            status_code, result, error = await call
+            status_code, result, error = await self._call(message)
+        except BaseException:  # cancelled (the drain ran out): nothing more is written for this delivery
+            for task in marking:
+                task.cancel()
+            raise
         finally:
-            if not call.done():
-                call.cancel()
+            timer.cancel()
+        if marking:
+            marked = await marking[0]
+            if marked is None:  # another delivery answered meanwhile: that answer stands
+                await self._duplicate(msg)
+                return
+            record, revision = marked
         self.metrics.running(self.queue.model, time.monotonic() - began)
         if error is None:
             await self._finish(msg, record, revision, "SUCCESS", result, status_code, None, deliveries)
@@ -287,8 +294,7 @@ class Forwarder:
         """``(status code, JSON answer, error text or None)`` of one call to the model."""
         try:
             async with self.session().post(self.backend + self.predict_route,
-                                           data=orjson.dumps(message.request_body()),
-                                           headers={"content-type": "application/json"}) as response:
+                                           data=orjson.dumps(message.request_body())) as response:
                 status, data = response.status, await response.read()
         except asyncio.TimeoutError:
             return None, None, f"the model did not answer within {self.queue.task_timeout_seconds} s"
@@ -330,7 +336,6 @@ class Forwarder:
         """POST the final state to the task's ``callback_url`` (once; a failing receiver is logged)."""
         try:
             async with self.session().post(record.callback_url or "", data=orjson.dumps(record.public()),
-                                           headers={"content-type": "application/json"},
                                            timeout=aiohttp.ClientTimeout(total=10.0)) as response:
                 await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
