@@ -231,7 +231,7 @@ def main() -> int:
                 after, sys_after = cpu_seconds(pids), syscalls(pids)
                 cpu[(kind, concurrency)] = {n: (after[n] - before.get(n, 0.0)) * 1000 / args.tasks for n in after}
                 calls[(kind, concurrency)] = {
-                    n: tuple((a - b) / args.tasks for a, b in zip(sys_after[n], sys_before.get(n, (0, 0))))
+                    n: tuple((a - b) / args.tasks for a, b in zip(sys_after[n], sys_before.get(n, (0, 0)), strict=True))
                     for n in sys_after}  # type: ignore[misc]
         print(f"{'path':<6} {'conc':>4} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8}")
         for (kind, concurrency), (rate, lat) in results.items():
