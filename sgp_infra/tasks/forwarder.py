@@ -24,8 +24,8 @@ For each task it pulls (never more than ``per_worker`` at once):
 
 Records are written with compare-and-set (a create when there is none yet),
 so however many times a task runs, one answer is recorded and later writers
-leave it alone.  A forwarder
-killed mid-task never acknowledges: JetStream redelivers after the ack wait.
+leave it alone.  A forwarder killed mid-task never acknowledges: JetStream
+redelivers after the ack wait.
 The acknowledgement is not confirmed (one publish, no round trip): if it is
 lost, the redelivery finds the final record and is acknowledged as a duplicate.
 
@@ -246,7 +246,7 @@ class Forwarder:
             loop.create_task(self._mark_started(record, revision, deliveries))))
         try:
             status_code, result, error = await self._call(message)
-        except BaseException:  # cancelled (the drain ran out): nothing more is written for this delivery
+        except BaseException:  # cancelled (the drain ran out) or failed: nothing more is written for it
             for task in marking:
                 task.cancel()
             raise
