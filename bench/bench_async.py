@@ -15,8 +15,9 @@ concurrency:
   interval is added).
 
 With ``--cpu`` (Linux), it also prints the CPU milliseconds each process
-(the API, nats-server, the forwarder, the backend) spent per call, read from
-``/proc``: where a path's cost goes.
+(the API, nats-server, the forwarder, the backend) spent per call, and their
+read/write system calls per call, read from ``/proc``: where a path's cost
+goes (on loopback each write also costs the kernel the receiving side).
 
 It prints tasks (or calls) per second and p50/p99 of the time from the first
 request to the answer, the throughput ratio async/sync and the latency async
@@ -174,6 +175,20 @@ def cpu_seconds(pids: dict[int, str]) -> dict[str, float]:
     return out
 
 
+def syscalls(pids: dict[int, str]) -> dict[str, tuple[int, int]]:
+    """``(read, write)`` system calls so far, per process name (``/proc/PID/io``): each loopback
+    write also costs the kernel the receiver's side, so fewer, larger writes is cheaper."""
+    out: dict[str, tuple[int, int]] = {}
+    for pid, name in pids.items():
+        try:
+            fields = dict(line.split(": ", 1) for line in (Path("/proc") / str(pid) / "io").read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        reads, writes = out.get(name, (0, 0))
+        out[name] = (reads + int(fields["syscr"]), writes + int(fields["syscw"]))
+    return out
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -206,14 +221,18 @@ def main() -> int:
         wait_up(f"{base}/readyz", procs[1])
         results: dict[tuple[str, int], tuple[float, list[float]]] = {}
         cpu: dict[tuple[str, int], dict[str, float]] = {}
+        calls: dict[tuple[str, int], dict[str, tuple[float, float]]] = {}
         for concurrency in levels:
             for kind in ("sync", "async"):
                 pids = {pid: name for proc in procs for pid, name in process_tree(proc.pid).items()} \
                     if args.cpu else {}
-                before = cpu_seconds(pids)
+                before, sys_before = cpu_seconds(pids), syscalls(pids)
                 results[(kind, concurrency)] = asyncio.run(run_load(base, kind, args.tasks, concurrency))
-                after = cpu_seconds(pids)
+                after, sys_after = cpu_seconds(pids), syscalls(pids)
                 cpu[(kind, concurrency)] = {n: (after[n] - before.get(n, 0.0)) * 1000 / args.tasks for n in after}
+                calls[(kind, concurrency)] = {
+                    n: tuple((a - b) / args.tasks for a, b in zip(sys_after[n], sys_before.get(n, (0, 0)), strict=True))
+                    for n in sys_after}  # type: ignore[misc]
         print(f"{'path':<6} {'conc':>4} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8}")
         for (kind, concurrency), (rate, lat) in results.items():
             print(f"{kind:<6} {concurrency:>4} {rate:>9.0f} {pct(lat, 0.5):>8.2f} {pct(lat, 0.99):>8.2f}")
@@ -222,6 +241,10 @@ def main() -> int:
             for (kind, concurrency), per in cpu.items():
                 print(f"{kind:<6} {concurrency:>4} " + "  ".join(f"{n} {v:.2f}" for n, v in sorted(per.items()))
                       + f"  total {sum(per.values()):.2f}")
+            print("\nsystem calls per call, read/write (the warm-up calls included):")
+            for (kind, concurrency), counts in calls.items():
+                print(f"{kind:<6} {concurrency:>4} " + "  ".join(
+                    f"{n} {r:.1f}/{w:.1f}" for n, (r, w) in sorted(counts.items())))
         print()
         for concurrency in levels:
             s_rate, s_lat = results[("sync", concurrency)]

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import httpx
 import nats
 import pytest
+from nats.js.errors import NoKeysError
 
 from api_helpers import running
 from async_helpers import (
@@ -110,6 +111,50 @@ def test_enqueue_poll_result_and_visibility(tmp_path: Path, broker: LocalNats, b
                            json={"args": {}}).status_code == 401
         metrics = client.get("/metrics").text
         assert "sgp_infra_async_queue_depth" in metrics
+
+
+def test_states_pending_from_the_queue_started_while_running_then_success(
+        tmp_path: Path, broker: LocalNats, backend: Backend) -> None:
+    """No record is written to queue a task: a queued task reads PENDING from its message (on any API
+    process, for its account only); a task still running after a moment reads STARTED; then SUCCESS."""
+    stack = Stack(tmp_path)
+    app, other_api = stack.app(broker.url), stack.app(broker.url)
+    with running(app) as url, running(other_api) as other_url, \
+            httpx.Client(base_url=url, timeout=30) as client, httpx.Client(base_url=other_url, timeout=30) as other:
+        wait_api_ready(app)
+        wait_api_ready(other_api)
+        task_id = post(client, {"echo": "slow", "sleep": 1.5}).json()["task_id"]
+        # No forwarder yet: the task is only its message in the queue.
+        bucket = asyncio.run(_bucket_keys(broker.url, stack.layout.bucket))
+        assert task_id not in bucket
+        for api in (client, other):  # the API that queued it, and one that never saw it
+            queued = api.get(f"/v1/async-tasks/{task_id}", headers={"x-api-key": DEV_KEY})
+            assert queued.status_code == 200 and queued.json()["status"] == "PENDING", queued.text
+            assert api.get(f"/v1/async-tasks/{task_id}", headers={"x-api-key": OTHER_KEY}).status_code == 404
+        seen: list[str] = []
+        with forwarders(stack.path, backend.url, broker.url):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                status = other.get(f"/v1/async-tasks/{task_id}", headers={"x-api-key": DEV_KEY}).json()["status"]
+                if not seen or seen[-1] != status:
+                    seen.append(status)
+                if status in ("SUCCESS", "FAILURE"):
+                    break
+                time.sleep(0.05)
+        assert seen[-2:] == ["STARTED", "SUCCESS"] and set(seen) <= {"PENDING", "STARTED", "SUCCESS"}
+        assert backend.calls["slow"] == 1
+
+
+async def _bucket_keys(url: str, bucket: str) -> list[str]:
+    nc = await nats.connect(url)
+    try:
+        kv = await nc.jetstream().key_value(bucket)
+        try:
+            return list(await kv.keys())
+        except NoKeysError:
+            return []
+    finally:
+        await nc.close()
 
 
 def test_callback_url_called_once_with_the_final_state(tmp_path: Path, broker: LocalNats, backend: Backend) -> None:
@@ -300,7 +345,7 @@ def test_planned_names_match_the_live_server(tmp_path: Path, broker: LocalNats, 
         consumers = {c["name"]: c["config"] for c in stream["consumer_detail"]}
         assert set(consumers) == {queue.consumer}
         config = consumers[queue.consumer]
-        assert config["filter_subject"] == queue.subject
+        assert config["filter_subject"] == queue.filter_subject == f"{queue.subject}.*"
         assert config["max_ack_pending"] == queue.max_ack_pending == 3 * 2
         assert config["max_deliver"] == queue.max_deliver
         assert config["ack_wait"] == queue.ack_wait_seconds * 1_000_000_000

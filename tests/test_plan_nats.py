@@ -26,6 +26,11 @@ def test_layout_names_and_limits() -> None:
     assert list(layout.queues) == ["m5"]  # only ASYNC models have a queue
     q = layout.queues["m5"]
     assert q.subject == "sgp-infra.ml.tasks.m5" and q.consumer == "m5"
+    # Each task on its own subject, so a queued task is read back by its id alone, whatever its model.
+    task_id = "0b7f3f5e-8a3c-4a8e-9d7e-2f1f6b1d9c00"
+    assert q.task_subject(task_id) == f"sgp-infra.ml.tasks.m5.{task_id}"
+    assert q.filter_subject == "sgp-infra.ml.tasks.m5.*"
+    assert layout.any_task_subject(task_id) == f"sgp-infra.ml.tasks.*.{task_id}"
     assert q.max_ack_pending == 3 * 4 and q.per_worker == 3
     assert q.ack_wait_seconds == 120 + 30 and q.max_deliver == 5 + 1
     assert layout.bucket_ttl_seconds == 600 and layout.replicas == 1

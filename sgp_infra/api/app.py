@@ -133,7 +133,7 @@ def create_app(catalog: Catalog, *, api_keys: Mapping[str, frozenset[str]],
 
     if inference is not None and hasattr(inference, "install"):
         inference.install(app)  # first: it adds the inference POST routes, matched before everything below
-    install_tasks(app, catalog, nats_url)  # next: its task routes are matched before the catalogue's
+    install_tasks(app, catalog, nats_url)  # its task routes are matched first of all
     app.include_router(routes_v4.router)
     app.include_router(routes_v5.router)
     app.include_router(writes.router)

@@ -46,11 +46,20 @@ def plain_routes(router: APIRouter, methods: frozenset[str] = frozenset({"POST"}
     return plain
 
 
-def serve_plain(app: FastAPI, routes: list[Route]) -> None:
-    """Add ``routes`` to ``app`` (call it before including the routers they must be matched before)."""
+def serve_plain(app: FastAPI, routes: list[Route], *, first: bool = False) -> None:
+    """Add ``routes`` to ``app`` (call it before including the routers they must be matched before).
+
+    ``first``: match them before every route already there, for routes whose paths no other route
+    answers: a request is matched against the routes in order, each a regular expression, so the
+    hottest paths cost least at the front.
+    """
     for route in routes:
         app.router.add_route(route.path, route.endpoint, methods=route.methods, name=route.name,
                              include_in_schema=False)
+    if first and routes:
+        added = app.router.routes[-len(routes):]
+        del app.router.routes[-len(routes):]
+        app.router.routes[:0] = added
 
 
 def _plain_endpoint(route: APIRoute) -> Callable[[Request], Awaitable[Response]]:

@@ -3,7 +3,9 @@
 Two things are decided here and nowhere else:
 
 * **The JetStream layout** (:func:`task_layout`): one work-queue stream per
-  stack with one subject per ASYNC model, one durable pull consumer per model
+  stack with one subject per ASYNC model (each task is published on
+  ``<model subject>.<task id>``, so a queued task can be read back by its id
+  alone without a record of its own), one durable pull consumer per model
   (``max_ack_pending = per_worker × max_workers``, ack wait from the task time
   limit, deliveries from ``max_deliveries``) and one key-value bucket for task
   records and results.  The planner (KEDA's trigger names the stream and
@@ -65,7 +67,7 @@ class ModelQueue:
     model: str
     object_name: str
     account_id: str
-    #: The subject its tasks are published on.
+    #: The model's subject: each task is published on ``<subject>.<task id>`` (:meth:`task_subject`).
     subject: str
     #: The durable pull consumer its forwarders share.
     consumer: str
@@ -81,6 +83,15 @@ class ModelQueue:
     task_timeout_seconds: int
     result_ttl_seconds: int
 
+    @property
+    def filter_subject(self) -> str:
+        """What the model's consumer takes: every task of the model."""
+        return f"{self.subject}.*"
+
+    def task_subject(self, task_id: str) -> str:
+        """The subject one task is published on (task ids are UUIDs: one token, no wildcard)."""
+        return f"{self.subject}.{task_id}"
+
 
 @dataclass(frozen=True)
 class TaskLayout:
@@ -89,6 +100,8 @@ class TaskLayout:
     stream: str
     #: The stream's subjects (a wildcard over every model's subject).
     stream_subjects: tuple[str, ...]
+    #: What every model's subject starts with (``sgp-infra.<namespace>.tasks``).
+    subject_prefix: str
     bucket: str
     #: The bucket's TTL: the longest result retention of any ASYNC model (each model's own is
     #: enforced when a result is read).
@@ -99,6 +112,10 @@ class TaskLayout:
 
     def queue(self, model_name: str) -> Optional[ModelQueue]:
         return self.queues.get(model_name)
+
+    def any_task_subject(self, task_id: str) -> str:
+        """The subject that matches a task whatever its model's: read a queued task back by id."""
+        return f"{self.subject_prefix}.*.{task_id}"
 
 
 def subject_prefix(namespace: str) -> str:
@@ -140,7 +157,7 @@ def task_layout(catalog: Catalog) -> TaskLayout:
               if m.is_async}
     ttl = max((q.result_ttl_seconds for q in queues.values()), default=86400)
     return TaskLayout(
-        stream=stream_name(ns), stream_subjects=(f"{subject_prefix(ns)}.>",),
+        stream=stream_name(ns), stream_subjects=(f"{subject_prefix(ns)}.>",), subject_prefix=subject_prefix(ns),
         bucket=bucket_name(ns), bucket_ttl_seconds=ttl, replicas=stream_replicas(catalog.settings),
         queues=queues,
     )

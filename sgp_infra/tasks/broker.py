@@ -6,15 +6,15 @@ instead of failing; once connected it makes sure the stream, the model's
 consumers and the results bucket exist exactly as :func:`plan.nats.task_layout`
 describes them (idempotent: every API replica and forwarder does it, whoever
 comes first creates them).  It offers the few operations tasks need:
-publish a task with a JetStream acknowledgement, read a record, write a record
-with compare-and-set, and read a consumer's pending count.
+publish a task with a JetStream acknowledgement, read a task's state (its
+record, else its queued message), write a record with compare-and-set, and
+read a consumer's pending count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from typing import Any, Awaitable, Callable, Optional
 
 import nats
@@ -24,6 +24,9 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 
 from ..plan.nats import ModelQueue, TaskLayout
 from .records import MSG_ID_HEADER, TaskMessage, TaskRecord
+
+#: Default result retention for a queued task whose model left the catalogue (the record's default).
+DEFAULT_RESULT_TTL_SECONDS = 86400
 
 log = logging.getLogger("sgp_infra.tasks")
 
@@ -144,10 +147,10 @@ class TaskBroker:
     @staticmethod
     def consumer_config(queue: ModelQueue) -> js_api.ConsumerConfig:
         return js_api.ConsumerConfig(
-            durable_name=queue.consumer, filter_subject=queue.subject,
+            durable_name=queue.consumer,
             ack_policy=js_api.AckPolicy.EXPLICIT, deliver_policy=js_api.DeliverPolicy.ALL,
             ack_wait=float(queue.ack_wait_seconds), max_deliver=queue.max_deliver,
-            max_ack_pending=queue.max_ack_pending, max_waiting=512,
+            max_ack_pending=queue.max_ack_pending, max_waiting=512, filter_subject=queue.filter_subject,
         )
 
     async def ensure(self) -> None:
@@ -177,26 +180,54 @@ class TaskBroker:
 
     # -- operations ----------------------------------------------------------------------------------
 
-    async def enqueue(self, queue: ModelQueue, message: TaskMessage, record: TaskRecord) -> None:
-        """Write the PENDING record, then publish the task (carrying the record's revision) and wait
-        for JetStream's acknowledgement.
+    async def enqueue(self, queue: ModelQueue, message: TaskMessage) -> None:
+        """Publish the task on its own subject and wait for JetStream's acknowledgement.
 
-        Raises :class:`BrokerUnavailable` when either is not acknowledged: the
-        caller reports the task as not accepted (a record without a published
-        task is never returned to anyone and expires with the bucket's TTL).
+        One round trip: the stored message is the task's ``PENDING`` state
+        (:meth:`find` reads it back by id), so no record is written before it.
+        Raises :class:`BrokerUnavailable` when it is not acknowledged: the
+        caller reports the task as not accepted (a retried publish of the same
+        id within :data:`DUPLICATE_WINDOW_SECONDS` is dropped by JetStream).
         """
         self._require()
         try:
-            # Bounded by the JetStream context's timeout (REQUEST_TIMEOUT_SECONDS), as every call here.
-            revision = await self.kv.create(message.task_id, record.encode())
-            message = replace(message, revision=revision)
-            await self.js.publish(queue.subject, message.encode(), timeout=REQUEST_TIMEOUT_SECONDS,
-                                  stream=self.layout.stream, headers={MSG_ID_HEADER: message.task_id})
+            await self.js.publish(queue.task_subject(message.task_id), message.encode(),
+                                  timeout=REQUEST_TIMEOUT_SECONDS, stream=self.layout.stream,
+                                  headers={MSG_ID_HEADER: message.task_id})
         except (NatsError, asyncio.TimeoutError, OSError) as exc:
             raise BrokerUnavailable(f"the task broker did not acknowledge the task ({type(exc).__name__})") from None
 
+    async def find(self, task_id: str) -> Optional[TaskRecord]:
+        """The task's state: its record, else (still queued, never started) ``PENDING`` from its
+        message; ``None`` if there is neither.
+
+        The record is read first and, when the message is gone too, once more:
+        a forwarder writes the final record before it acknowledges (which
+        removes the message), so a task finished between the first two reads
+        is found by the third.
+        """
+        found = await self.get(task_id)
+        if found is not None:
+            return found[0]
+        self._require()
+        try:
+            raw = await self.js.get_last_msg(self.layout.stream, self.layout.any_task_subject(task_id))
+        except NotFoundError:
+            found = await self.get(task_id)
+            return found[0] if found is not None else None
+        except (NatsError, asyncio.TimeoutError, OSError) as exc:
+            raise BrokerUnavailable(f"the task broker did not answer ({type(exc).__name__})") from None
+        try:
+            message = TaskMessage.decode(raw.data or b"")
+        except (ValueError, KeyError, TypeError):
+            return None
+        queue = self.layout.queue(message.model)
+        if queue is None:  # the model left the catalogue: only a message carrying its account is visible
+            return message.pending("", DEFAULT_RESULT_TTL_SECONDS) if message.account_id else None
+        return message.pending(queue.account_id, queue.result_ttl_seconds)
+
     async def get(self, task_id: str) -> Optional[tuple[TaskRecord, int]]:
-        """The record and its revision, or ``None`` if there is none."""
+        """The record and its revision, or ``None`` if there is none (yet: see :meth:`find`)."""
         self._require()
         try:
             entry = await self.kv.get(task_id)  # bounded by the JetStream context's timeout

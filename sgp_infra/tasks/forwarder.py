@@ -22,9 +22,10 @@ For each task it pulls (never more than ``per_worker`` at once):
 5. acknowledges only after the record is written, then calls the task's
    ``callback_url`` once if this forwarder wrote the final state.
 
-Final records are written with compare-and-set, so however many times a task
-runs, one answer is recorded and later writers leave it alone.  A forwarder
-killed mid-task never acknowledges: JetStream redelivers after the ack wait.
+Records are written with compare-and-set (a create when there is none yet),
+so however many times a task runs, one answer is recorded and later writers
+leave it alone.  A forwarder killed mid-task never acknowledges: JetStream
+redelivers after the ack wait.
 The acknowledgement is not confirmed (one publish, no round trip): if it is
 lost, the redelivery finds the final record and is acknowledged as a duplicate.
 
@@ -106,6 +107,7 @@ class Forwarder:
         """The pooled HTTP session (at most ``per_worker`` connections to the model, kept alive)."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
+                headers={"content-type": "application/json"},  # every body sent is JSON
                 connector=aiohttp.TCPConnector(limit=max(1, self.queue.per_worker)),
                 timeout=aiohttp.ClientTimeout(total=float(self.queue.task_timeout_seconds), sock_connect=10.0))
         return self._session
@@ -219,8 +221,9 @@ class Forwarder:
 
     async def _run_task(self, msg: Any, message: TaskMessage, deliveries: int) -> None:
         revision: Optional[int]
-        if deliveries == 1 and message.revision is not None:
-            # First delivery: nobody else ran it; the PENDING record is at the revision the API wrote.
+        if deliveries == 1:
+            # First delivery: nobody else ran it, so there is no record yet (or, from an API of an
+            # earlier version, its PENDING record at the revision the message carries).
             record, revision = self._record_for(message), message.revision
         else:
             current = await self.broker.get(message.task_id)
@@ -235,20 +238,26 @@ class Forwarder:
             return
         self.metrics.queued(self.queue.model, max(0.0, time.time() - message.enqueued_at))
         began = time.monotonic()
-        call = asyncio.ensure_future(self._call(message))
+        # STARTED is written by a timer, only for a call still running after STARTED_AFTER_SECONDS: a
+        # fast task costs no write, no extra task and no wait besides its call.
+        loop = asyncio.get_running_loop()
+        marking: list[asyncio.Task[Optional[tuple[TaskRecord, Optional[int]]]]] = []
+        timer = loop.call_later(STARTED_AFTER_SECONDS, lambda: marking.append(
+            loop.create_task(self._mark_started(record, revision, deliveries))))
         try:
-            done, _ = await asyncio.wait({call}, timeout=STARTED_AFTER_SECONDS)
-            if not done:
-                marked = await self._mark_started(record, revision, deliveries)
-                if marked is None:  # another delivery answered meanwhile: that answer stands
-                    call.cancel()
-                    await self._duplicate(msg)
-                    return
-                record, revision = marked
-            status_code, result, error = await call
+            status_code, result, error = await self._call(message)
+        except BaseException:  # cancelled (the drain ran out) or failed: nothing more is written for it
+            for task in marking:
+                task.cancel()
+            raise
         finally:
-            if not call.done():
-                call.cancel()
+            timer.cancel()
+        if marking:
+            marked = await marking[0]
+            if marked is None:  # another delivery answered meanwhile: that answer stands
+                await self._duplicate(msg)
+                return
+            record, revision = marked
         self.metrics.running(self.queue.model, time.monotonic() - began)
         if error is None:
             await self._finish(msg, record, revision, "SUCCESS", result, status_code, None, deliveries)
@@ -278,17 +287,14 @@ class Forwarder:
         await msg.ack()
 
     def _record_for(self, message: TaskMessage) -> TaskRecord:
-        """A record for a task whose PENDING record is gone (expired): rebuilt from the message."""
-        return TaskRecord(task_id=message.task_id, model=message.model, account_id=self.queue.account_id,
-                          status="PENDING", enqueued_at=message.enqueued_at, callback_url=message.callback_url,
-                          result_ttl_seconds=self.queue.result_ttl_seconds)
+        """The ``PENDING`` record a task without one has, from its message (the first write creates it)."""
+        return message.pending(self.queue.account_id, self.queue.result_ttl_seconds)
 
     async def _call(self, message: TaskMessage) -> tuple[Optional[int], Any, Optional[str]]:
         """``(status code, JSON answer, error text or None)`` of one call to the model."""
         try:
             async with self.session().post(self.backend + self.predict_route,
-                                           data=orjson.dumps(message.request_body()),
-                                           headers={"content-type": "application/json"}) as response:
+                                           data=orjson.dumps(message.request_body())) as response:
                 status, data = response.status, await response.read()
         except asyncio.TimeoutError:
             return None, None, f"the model did not answer within {self.queue.task_timeout_seconds} s"
@@ -330,7 +336,6 @@ class Forwarder:
         """POST the final state to the task's ``callback_url`` (once; a failing receiver is logged)."""
         try:
             async with self.session().post(record.callback_url or "", data=orjson.dumps(record.public()),
-                                           headers={"content-type": "application/json"},
                                            timeout=aiohttp.ClientTimeout(total=10.0)) as response:
                 await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:

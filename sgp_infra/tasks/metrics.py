@@ -9,7 +9,7 @@ also what KEDA scales on.  Each process serves its own registry at
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -31,15 +31,28 @@ class TaskMetrics:
         self.running_seconds = Histogram("sgp_infra_async_task_running_seconds",
                                          "Time the model took on one delivery of a task", ["model"],
                                          buckets=TASK_BUCKETS, registry=self.registry)
+        #: Each labelled series, looked up once (``labels()`` checks, builds a key and locks on every call).
+        self._outcomes: dict[tuple[str, str], Any] = {}
+        self._queued: dict[str, Any] = {}
+        self._running: dict[str, Any] = {}
 
     def outcome(self, model: str, outcome: str) -> None:
-        self.tasks.labels(model, outcome).inc()
+        series = self._outcomes.get((model, outcome))
+        if series is None:
+            series = self._outcomes[(model, outcome)] = self.tasks.labels(model, outcome)
+        series.inc()
 
     def queued(self, model: str, seconds: float) -> None:
-        self.queued_seconds.labels(model).observe(seconds)
+        series = self._queued.get(model)
+        if series is None:
+            series = self._queued[model] = self.queued_seconds.labels(model)
+        series.observe(seconds)
 
     def running(self, model: str, seconds: float) -> None:
-        self.running_seconds.labels(model).observe(seconds)
+        series = self._running.get(model)
+        if series is None:
+            series = self._running[model] = self.running_seconds.labels(model)
+        series.observe(seconds)
 
 
 class QueueDepth:

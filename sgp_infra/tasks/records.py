@@ -1,17 +1,21 @@
 """A task's two documents, as plain data: the message a forwarder pulls and the record a caller polls.
 
-* The **message** (on the model's subject of the work-queue stream) carries
-  what the model is called with: ``args`` (the JSON body for its
-  ``predict_route``) or a ``url``.
-* The **record** (key ``task_id`` in the results bucket) is the task's state:
-  ``PENDING`` (written by the API before it publishes), ``STARTED``,
-  then one final ``SUCCESS`` or ``FAILURE`` with the model's answer or the
-  last error.  It also holds the account of the task's model, so a task is
-  visible only to keys that can see that account.
+* The **message** (on the work-queue stream, subject ``<model subject>.<task
+  id>``) carries what the model is called with: ``args`` (the JSON body for
+  its ``predict_route``) or a ``url``, and the account of the task's model.
+  While it waits in the stream it *is* the task's ``PENDING`` state: the API
+  publishes it and nothing else, and reads it back by task id when the
+  bucket has no record yet (:meth:`TaskMessage.pending`).
+* The **record** (key ``task_id`` in the results bucket) is the task's state
+  once a forwarder wrote one: ``STARTED`` (a task still running after a short
+  delay), then one final ``SUCCESS`` or ``FAILURE`` with the model's answer
+  or the last error.  It also holds the account of the task's model, so a
+  task is visible only to keys that can see that account.
 
-Final states are written with a compare-and-set on the record's revision
-(:func:`is_final` says when to stop): with at-least-once delivery, a task may
-run twice, but only one answer is ever recorded.  Pure: no NATS here.
+Records are written with a compare-and-set on their revision (a create when
+there is none yet), so with at-least-once delivery a task may run twice, but
+only one answer is ever recorded (:func:`is_final` says when to stop).  Pure:
+no NATS here.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ class TaskMessage:
     args: Any = None
     url: Optional[str] = None
     callback_url: Optional[str] = None
-    #: The revision of the PENDING record the API wrote before publishing: a first delivery's
-    #: compare-and-set starts from it without reading the record.
+    #: The account of the task's model (who may see the task while it is only this message).
+    account_id: Optional[str] = None
+    #: Only in messages of earlier versions, which wrote a PENDING record before publishing: its
+    #: revision, where a first delivery's compare-and-set starts (``None``: there is no record yet).
     revision: Optional[int] = None
 
     def encode(self) -> bytes:
@@ -49,9 +55,18 @@ class TaskMessage:
     def decode(cls, data: bytes) -> TaskMessage:
         raw = orjson.loads(data)
         revision = raw.get("revision")
+        account_id = raw.get("account_id")
         return cls(task_id=str(raw["task_id"]), model=str(raw["model"]), enqueued_at=float(raw["enqueued_at"]),
                    args=raw.get("args"), url=raw.get("url"), callback_url=raw.get("callback_url"),
+                   account_id=str(account_id) if account_id is not None else None,
                    revision=int(revision) if isinstance(revision, int) else None)
+
+    def pending(self, account_id: str, result_ttl_seconds: int) -> TaskRecord:
+        """The task's record while it has none in the bucket: ``PENDING`` (``account_id``: the
+        model's, used when the message does not carry one)."""
+        return TaskRecord(task_id=self.task_id, model=self.model, account_id=self.account_id or account_id,
+                          status="PENDING", enqueued_at=self.enqueued_at, callback_url=self.callback_url,
+                          result_ttl_seconds=result_ttl_seconds)
 
     def request_body(self) -> Any:
         """The JSON the model's predict route gets: the args, or ``{"url": ...}`` (Launch's convention)."""

@@ -138,14 +138,17 @@ async def get_async_task(request: Request, task_id: str, who: Caller = Depends(c
 
 
 def install(app: FastAPI, catalog: Catalog, nats_url: Optional[str]) -> Optional[TaskService]:
-    """Add the task routes (served as plain Starlette routes: call it before including the other
-    routers, after the inference routes); with ASYNC models, create ``app.state.tasks`` (started by the app's lifespan).
+    """Add the task routes (served as plain Starlette routes, matched before every other route: call it
+    before including the other routers); with ASYNC models, create ``app.state.tasks`` (started by the
+    app's lifespan).
 
     ``nats_url`` defaults to the stack's broker (``sgp-infra:async.natsUrl``, else the in-cluster NATS).
     """
     from ...plan.nats import client_url, has_async
 
-    serve_plain(app, plain_routes(router, frozenset({"GET", "POST"})))
+    # First of all routes: an ASYNC task is two requests (create, then the held GET), and no other
+    # route answers /v1/async-tasks.
+    serve_plain(app, plain_routes(router, frozenset({"GET", "POST"})), first=True)
     app.include_router(router)
     if not has_async(catalog):
         app.state.tasks = None

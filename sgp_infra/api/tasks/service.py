@@ -4,8 +4,9 @@ One :class:`TaskService` per app (``app.state.tasks``), started and stopped
 with the app.  It owns the broker connection, a waiter table fed by one
 core-NATS subscription on the results bucket's subject (every record write is
 published there, so a waiting call wakes as soon as its task is answered,
-without polling; the last writes it saw also answer a ``?wait`` read without a
-bucket read), and the queue-depth gauges, refreshed in the background.
+without polling; the last writes it saw, and the tasks it queued itself, also
+answer a ``?wait`` read without a bucket read), and the queue-depth gauges,
+refreshed in the background.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ log = logging.getLogger("sgp_infra.api.tasks")
 
 #: Seconds between reads of every ASYNC model's consumer for the queue-depth gauges.
 DEPTH_REFRESH_SECONDS = 5.0
-#: Latest record writes kept (raw) from the results subscription, so a ``?wait`` read needs no bucket read.
+#: Latest record writes kept (raw) from the results subscription, and tasks this process queued (their
+#: PENDING record), so a ``?wait`` read needs no bucket read.
 RECENT_RECORDS = 20_000
 
 
@@ -79,7 +81,8 @@ class TaskService:
         self.broker.on_ready(self._subscribe_results)
         self.depth = QueueDepth(registry) if registry is not None else None
         self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
-        #: task id -> the raw record of the last write this process saw on the results subject (oldest first).
+        #: task id -> the raw record of the last write this process saw on the results subject, or the
+        #: PENDING record of a task it queued and has seen no write of yet (oldest first).
         self._recent: dict[str, bytes] = {}
         self._results_sub: Any = None
         self._depth_task: Optional[asyncio.Task[None]] = None
@@ -113,12 +116,7 @@ class TaskService:
 
     async def _on_record(self, msg: Any) -> None:
         task_id = msg.subject.rsplit(".", 1)[-1]
-        recent = self._recent
-        recent.pop(task_id, None)  # re-inserted last: the dict stays in order of the latest writes
-        if msg.data:
-            recent[task_id] = msg.data
-            if len(recent) > RECENT_RECORDS:
-                del recent[next(iter(recent))]
+        self._remember(task_id, msg.data)
         waiters = self._waiters.get(task_id)
         if not waiters or not msg.data:
             return
@@ -130,6 +128,15 @@ class TaskService:
             for future in self._waiters.pop(task_id, []):
                 if not future.done():
                     future.set_result(record)
+
+    def _remember(self, task_id: str, raw: bytes) -> None:
+        """Keep ``raw`` as the task's latest record (empty: a deletion, forget it), newest last."""
+        recent = self._recent
+        recent.pop(task_id, None)  # re-inserted last: the dict stays in order of the latest writes
+        if raw:
+            recent[task_id] = raw
+            if len(recent) > RECENT_RECORDS:
+                del recent[next(iter(recent))]
 
     async def _refresh_depth(self) -> None:
         assert self.depth is not None
@@ -153,29 +160,28 @@ class TaskService:
             raise ApiError(400, f"model '{model.name}' is a {model.endpoint_type} endpoint, not ASYNC; "
                                 "call its inference route instead")
         task_id = task_id or new_task_id()
-        now = time.time()
-        message = TaskMessage(task_id=task_id, model=model.name, enqueued_at=now, args=args, url=url,
-                              callback_url=callback_url)
-        record = TaskRecord(task_id=task_id, model=model.name, account_id=model.account_id, status="PENDING",
-                            enqueued_at=now, callback_url=callback_url,
-                            result_ttl_seconds=queue.result_ttl_seconds)
+        message = TaskMessage(task_id=task_id, model=model.name, enqueued_at=time.time(), args=args, url=url,
+                              callback_url=callback_url, account_id=model.account_id)
         try:
-            await self.broker.enqueue(queue, message, record)
+            await self.broker.enqueue(queue, message)
         except BrokerUnavailable as exc:
             raise ApiError(503, f"the task queue is unavailable, the task was not accepted; retry later ({exc})",
                            retry_after_seconds=1) from None
+        if task_id not in self._recent:  # a write of the record may already have been seen: it is newer
+            self._remember(task_id, message.pending(model.account_id, queue.result_ttl_seconds).encode())
         return task_id
 
     async def get(self, task_id: str) -> Optional[TaskRecord]:
-        """The task's record, ``None`` if unknown or past its retention; 503 ``ApiError`` if the broker is down."""
+        """The task's record (``PENDING`` while it is queued), ``None`` if unknown or past its retention;
+        503 ``ApiError`` if the broker is down."""
         try:
-            found = await self.broker.get(task_id)
+            found = await self.broker.find(task_id)
         except BrokerUnavailable as exc:
             raise ApiError(503, f"the task queue is unavailable; retry later ({exc})", retry_after_seconds=1) \
                 from None
-        if found is None or found[0].expired():
+        if found is None or found.expired():
             return None
-        return found[0]
+        return found
 
     async def read(self, task_id: str, wait: float = 0.0,
                    visible: Callable[[TaskRecord], bool] = lambda record: True) -> Optional[TaskRecord]:
@@ -185,7 +191,8 @@ class TaskService:
         The waiter is registered before the one read, so an answer written in between is either read
         or delivered: at most one round trip to the bucket, however long the wait.  That read is the
         last write of the record this process saw on the results subject when there is one (every
-        write is published there, in order, and a later one will wake the waiter); else the bucket.
+        write is published there, in order, and a later one will wake the waiter), or the PENDING
+        record of a task this process queued; else the bucket (and the queue).
         """
         if wait <= 0:
             return await self.get(task_id)
