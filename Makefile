@@ -20,6 +20,12 @@ BENCH_PROXY_ARGS ?= --seconds 1 --concurrency 1,8
 BENCH_ASYNC_ARGS ?= --tasks 100 --concurrency 1,8
 BENCH_ROUTING_ARGS ?= --quick
 
+# The suite on two worker processes (pytest-xdist), the cores of the development and CI machines.
+# worksteal hands out single tests by index: schemathesis gives its cases one node id, which the
+# file- and group-based modes (loadfile, loadgroup) would collapse into a single test.
+# `make pytest PYTEST_ARGS=` runs it in one process.
+PYTEST_ARGS ?= -n 2 --dist worksteal
+
 .PHONY: demo test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml requirements.txt
@@ -41,7 +47,7 @@ typecheck: $(STAMP)
 	$(PY) -m mypy sgp_infra
 
 pytest: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/bench_plan.py $(BENCH_PLAN_ARGS)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import pulumi
@@ -13,8 +15,45 @@ import pytest
 from mock_helpers import Recorder
 
 
+class MainLoop:
+    """The main thread's event loop for Pulumi's mocks, and the loops Pulumi makes in its worker threads.
+
+    Pulumi's mock monitor (``pulumi.runtime.mocks.MockMonitor.RegisterResource``)
+    runs in the loop's default executor and calls ``asyncio.new_event_loop()``
+    there for every worker thread that has no loop (``pulumi.runtime.sync_await``),
+    and never closes it: when the executor's threads end, each such loop and
+    its self-pipe socket pair were reported as unclosed (a ResourceWarning)
+    during whichever test the garbage collector ran in.  So the loop's default
+    executor gives each worker thread a loop of ours up front (Pulumi then uses
+    it), and :meth:`close` closes them all once the threads have ended.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._thread_loops: list[asyncio.AbstractEventLoop] = []
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(thread_name_prefix="main-loop-executor",
+                                            initializer=self._give_thread_a_loop)
+        loop.set_default_executor(self._executor)
+
+    def _give_thread_a_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        with self._lock:
+            self._thread_loops.append(loop)
+
+    def close(self) -> None:
+        """Close the loop, end its worker threads, then close the loops they had."""
+        if not self.loop.is_closed():
+            self.loop.close()
+        self._executor.shutdown(wait=True)
+        for loop in self._thread_loops:
+            loop.close()
+        self._thread_loops.clear()
+
+
 #: The main thread's loop at the last test's start (``asyncio.run`` unsets it without closing it).
-_made: list[asyncio.AbstractEventLoop] = []
+_made: list[MainLoop] = []
 
 
 @pytest.fixture(autouse=True)
@@ -36,11 +75,21 @@ def main_thread_event_loop() -> Iterator[None]:
     except (RuntimeError, DeprecationWarning):
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-    for old in _made:
-        if old is not loop and not old.is_running() and not old.is_closed():
-            old.close()
-    _made[:] = [loop]
+    if not (_made and _made[0].loop is loop):
+        for old in _made:
+            if not old.loop.is_running():
+                old.close()
+        _made[:] = [MainLoop(loop)]
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def close_the_last_main_loop() -> Iterator[None]:
+    """Close the last test's main-thread loop (and its worker threads' loops) when the session ends."""
+    yield
+    for made in _made:
+        made.close()
+    _made.clear()
 
 
 @pytest.fixture(autouse=True)

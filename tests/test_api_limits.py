@@ -79,21 +79,25 @@ def api() -> Iterator[Api]:
          "--max-connections", str(MAX_CONNECTIONS), "--max-body-bytes", str(MAX_BODY),
          "--max-header-bytes", str(MAX_HEADER_BYTES), "--max-headers", str(MAX_HEADERS)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
-        time.sleep(0.1)
-    try:
+    try:  # stopped even when it does not start in time (it would outlive the suite)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
         yield Api(proc, port)
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=15)
-        assert "Traceback" not in err, err[-3000:]
+        try:
+            _, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert "Traceback" not in err, err[-3000:]
 
 
 class HealthPoller(threading.Thread):

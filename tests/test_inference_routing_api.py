@@ -127,6 +127,8 @@ class Fleet:
             self._run(self._stop(r))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()  # else its selector and self-pipe sockets leak (a ResourceWarning)
 
     def down(self, i: int) -> None:
         self._run(self._stop(self.replicas[i]))
