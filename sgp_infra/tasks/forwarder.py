@@ -187,6 +187,14 @@ class Forwarder:
         self._stopping.set()
         if self._loop_task is not None:
             await self._loop_task
+        if self.psub is not None:
+            # Nothing more is pulled.  Left subscribed, the pull inbox would hold up the connection's
+            # drain at close until nats-py's drain timeout (30 s), past the pod's grace period.
+            try:
+                await self.psub.unsubscribe()
+            except NatsError:
+                pass  # not connected: the server drops the interest with the connection
+            self.psub = None
         if self._inflight:
             done, pending = await asyncio.wait(list(self._inflight), timeout=max(0.0, drain_seconds))
             for task in pending:
