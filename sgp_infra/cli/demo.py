@@ -147,10 +147,15 @@ def run(args: argparse.Namespace) -> int:
             proc.terminate()
         for proc in procs:
             try:
-                proc.wait(timeout=10)
+                # Longer than serve's own grace for its forwarders, so serve always gets to stop its
+                # nats-server: killed earlier, serve would leave it running.
+                proc.wait(timeout=SHUTDOWN_SECONDS)
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+
+#: How long demo waits for serve (and the model servers) to stop after SIGTERM before killing them.
+SHUTDOWN_SECONDS = 30.0
 
 #: What every demo call sends.
 PROMPT = "hello from sgp-infra"
