@@ -46,8 +46,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy sgp_infra
 
+# The suite in parallel, then the tests marked `exclusive` (latency bounds under attack) alone.
+# PYTHONDONTWRITEBYTECODE is unset for them: with it, every process recompiles every module and
+# pytest's assertion rewrites (seconds per process).
 pytest: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q $(PYTEST_ARGS) -m "not exclusive"
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -m exclusive
 
 bench: $(STAMP)
 	$(PY) bench/bench_plan.py $(BENCH_PLAN_ARGS)

@@ -37,7 +37,8 @@ MAX_HEADER_BYTES = 8 * 1024
 MAX_HEADERS = 50
 MB = 1024 * 1024
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+              pytest.mark.exclusive]  # /healthz within 1 s under attack: not beside another test worker
 
 
 # --- the server under attack, and the bounds ---------------------------------------------------------

@@ -11,6 +11,7 @@ open file descriptors come back to their count before the attack; and
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ import pytest
 from test_inference_helpers import HEADERS, FaultServer, make_app, make_catalog, read_request, serve
 
 pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.exclusive,  # /healthz within 1 s under attack: not beside another test worker
               pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc for memory and fds")]
 
 MB = 1024 * 1024
@@ -34,14 +36,14 @@ CATALOG = make_catalog({"attack": ATTACK, "slow": ATTACK}, inference={"slow": {"
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
 
 
-def _bomb(size: int) -> bytes:
-    """gzip of ``size`` zero bytes, made a MiB at a time (the zeros are never all in memory)."""
+@functools.cache
+def bomb(size: int = 1024 * MB) -> bytes:
+    """gzip of ``size`` zero bytes (by default about 1 MiB that decodes to 1 GiB), made a MiB at a time
+    (the zeros are never all in memory); built on first use, not at import: it takes seconds."""
     z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     zeros = bytes(MB)
     return b"".join(z.compress(zeros) for _ in range(size // MB)) + z.flush()
 
-
-BOMB = _bomb(1024 * MB)  # about 1 MiB of gzip that decodes to 1 GiB
 
 
 class Backend:
@@ -103,7 +105,7 @@ async def _many_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 async def _gzip_bomb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await read_request(reader)
     writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
-                 b"content-length: %d\r\n\r\n" % len(BOMB) + BOMB)
+                 b"content-length: %d\r\n\r\n" % len(bomb()) + bomb())
     await writer.drain()
     await reader.read()
 
@@ -111,7 +113,7 @@ async def _gzip_bomb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 async def _gzip_bomb_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await read_request(reader)
     writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\n"
-                 b"content-length: %d\r\n\r\n" % len(BOMB) + BOMB)
+                 b"content-length: %d\r\n\r\n" % len(bomb()) + bomb())
     await writer.drain()
     await reader.read()
 
@@ -229,11 +231,13 @@ def test_response_headers_are_bounded(setup: tuple[str, Backend], behaviour: Beh
 
 
 def test_a_gzip_bomb_is_stopped_at_the_cap_on_decoded_bytes(setup: tuple[str, Backend]) -> None:
+    bomb()  # built before the attack is watched
     for r in attack(setup, _gzip_bomb):
         assert_error(r, 502, "more than 67108864 bytes")
 
 
 def test_a_gzip_bomb_in_a_stream_ends_it_with_an_error_event(setup: tuple[str, Backend]) -> None:
+    bomb()  # built before the attack is watched
     for r in attack(setup, _gzip_bomb_stream, stream=True):
         assert r.status_code == 200
         assert "event: error" in r.text and "larger than" in r.text
