@@ -119,8 +119,8 @@ class InferenceOptions(_Strict):
                     "(default prefix-affinity for COMPLETION and CHAT_COMPLETION models, else least-load).")
     load_bound_factor: Optional[float] = Field(
         default=None, ge=1.0, le=10.0,
-        description="prefix-affinity's load bound: no pod takes more than this times the mean load "
-                    "(default 1.25).")
+        description="prefix-affinity's load bound: no pod takes more than this times the mean load, "
+                    "nor is the bound below the model's per_worker (default 1.25).")
     pod_skip_seconds: Optional[float] = Field(
         default=None, ge=0, le=300,
         description="How long routing skips a pod that refused a connection, reset it before answering, "
