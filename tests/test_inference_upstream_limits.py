@@ -102,20 +102,19 @@ async def _many_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     await reader.read()
 
 
-async def _gzip_bomb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await read_request(reader)
-    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
-                 b"content-length: %d\r\n\r\n" % len(bomb()) + bomb())
-    await writer.drain()
-    await reader.read()
+def _gzip_bomb_as(content_type: bytes) -> Behaviour:
+    """A backend answering with the gzip bomb as ``content_type`` (JSON, or an event stream)."""
+    async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + content_type + b"\r\ncontent-encoding: gzip\r\n"
+                     b"content-length: %d\r\n\r\n" % len(bomb()) + bomb())
+        await writer.drain()
+        await reader.read()
+    return behaviour
 
 
-async def _gzip_bomb_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await read_request(reader)
-    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\n"
-                 b"content-length: %d\r\n\r\n" % len(bomb()) + bomb())
-    await writer.drain()
-    await reader.read()
+_gzip_bomb = _gzip_bomb_as(b"application/json")
+_gzip_bomb_stream = _gzip_bomb_as(b"text/event-stream")
 
 
 async def _oversize_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
