@@ -771,6 +771,11 @@ def report(p: Params, runs: list[dict[str, Stats]], ceiling: float) -> list[str]
     if base:
         lines.append(f"(no router could reach more than {ceiling / base:.2f}x service's hit rate here: the "
                      f"{ceiling:.0%} ceiling over service's {base:.1%})")
+        if "prefix-affinity" in runs[0] and ceiling > base:
+            hit = hit_rate(pooled(runs, "prefix-affinity"))
+            lines.append(f"(prefix-affinity's {hit:.1%} is {hit / ceiling:.0%} of that ceiling and "
+                         f"{(hit - base) / (ceiling - base):.0%} of the gain over service that any router "
+                         f"could make)")
     return lines
 
 

@@ -23,6 +23,7 @@ def test_the_routing_bench_runs_and_prints_a_table() -> None:
         assert strategy in rows and rows[strategy][-1] == "0", done.stdout  # no errors
         assert float(rows[strategy][3]) > 0, done.stdout  # requests completed in the measured window
     assert "prefix-affinity cache hit rate" in done.stdout and "least-load TTFT p99" in done.stdout
+    assert "no router could reach more than" in done.stdout and "of that ceiling" in done.stdout
 
 
 def test_via_api_sends_the_workload_through_serve_and_reads_the_picks_from_its_metrics() -> None:
