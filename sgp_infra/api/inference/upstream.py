@@ -151,6 +151,13 @@ class Answer:
 
     async def read(self, cap: int) -> bytes:
         """The whole decoded body (at most ``cap`` bytes, else a 502), within the read timeout of sending."""
+        if self.response.content.is_eof():
+            # The whole body arrived with the headers (the usual small answer): reading it never waits,
+            # so no deadline is armed (a timer and a cancel scope per call).
+            try:
+                return await self._read(cap)
+            finally:
+                self.close()
         remaining = max(self.timeouts.read - (time.monotonic() - self.sent_at), 0.001)
         try:
             if _timeout is not None:  # Python 3.11+: a deadline on this task, no task of its own
