@@ -83,6 +83,26 @@ def test_unknown_stack_name_exits_2(capsys: pytest.CaptureFixture[str], monkeypa
     assert "Pulumi.nope.yaml" in capsys.readouterr().err
 
 
+def test_a_mistyped_stack_name_suggests_the_closest_and_lists_the_stacks(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    assert main(["validate", "--stack", "prdo"]) == 2
+    err = capsys.readouterr().err
+    assert "no stack 'prdo'" in err
+    assert "did you mean --stack prod?" in err
+    assert "(stacks: dev, prod)" in err
+
+
+def test_a_stack_name_outside_the_project_says_where_to_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PULUMI_STACK", "dev")
+    assert main(["validate"]) == 2
+    err = capsys.readouterr().err
+    assert "no stack 'dev' (from $PULUMI_STACK)" in err
+    assert "run inside the project" in err and "did you mean" not in err
+
+
 def test_no_source_given(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PULUMI_STACK", raising=False)
     assert main(["validate"]) == 2

@@ -8,6 +8,7 @@ the catalogue.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -128,12 +129,33 @@ def load_pulumi() -> Catalog:
 
 
 def resolve_config_file(stack: Optional[str], config_file: Optional[str]) -> Path:
-    """The stack file named by the CLI's ``--stack``/``--config-file``."""
+    """The stack file named by the CLI's ``--stack``/``--config-file``.
+
+    A stack name without a file is most often a typo, so the error names the
+    stacks that do exist (and the closest one) rather than only the missing path.
+    """
     if config_file:
         return Path(config_file)
-    if stack:
-        return stack_file(stack)
-    env_stack = os.environ.get("PULUMI_STACK")
-    if env_stack:
-        return stack_file(env_stack)
-    raise SourceError("name a stack with --stack NAME or a file with --config-file PATH")
+    name = stack or os.environ.get("PULUMI_STACK")
+    if not name:
+        raise SourceError("name a stack with --stack NAME or a file with --config-file PATH")
+    path = stack_file(name)
+    if not path.exists():
+        origin = "" if stack else " (from $PULUMI_STACK)"
+        raise SourceError(unknown_stack_message(name, path, origin))
+    return path
+
+
+def unknown_stack_message(name: str, path: Path, origin: str = "") -> str:
+    """Why stack ``name`` cannot be read: its missing file, the closest existing stack, the existing ones."""
+    directory = path.parent
+    known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in directory.glob("Pulumi.*.yaml") if p.is_file())
+    message = f"no stack '{name}'{origin}: {path} does not exist"
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        message += f"; did you mean --stack {close[0]}?"
+    if known:
+        message += f" (stacks: {', '.join(known)})"
+    else:
+        message += "; run inside the project (the directory holding Pulumi.yaml) or use --config-file PATH"
+    return message
