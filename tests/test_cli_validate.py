@@ -65,6 +65,15 @@ def test_unreadable_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert fragment in capsys.readouterr().err
 
 
+def test_broken_yaml_names_the_files_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "Pulumi.x.yaml"
+    path.write_text("config:\n  sgp-infra:accountId: a\n\tsgp-infra:namespace: b\n")
+    assert main(["validate", "--config-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: not valid YAML: line 3, column 1: found a tab character" in err
+    assert "<unicode string>" not in err
+
+
 def test_the_published_json_catalogue_validates_like_its_stack(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from sgp_infra.catalog import load_file

@@ -75,10 +75,26 @@ def read_stack_file(path: Path) -> dict[str, Any]:
             # on a catalogue of a thousand models.
             doc = yaml.load(text, Loader=_SAFE_LOADER) or {}
         except yaml.YAMLError as exc:
-            raise SourceError(f"{path}: not valid YAML: {exc}") from None
+            raise SourceError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(doc, dict):
         raise SourceError(f"{path}: a stack config file is a map with a 'config' key")
     return doc
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as ``line L, column C: problem (context)``, with the file's own line numbers.
+
+    PyYAML's own text names the parsed string (``in "<unicode string>"``), not
+    the file, and puts the position last; editors want ``line:column`` first.
+    """
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        what = exc.problem or "parse error"
+        if exc.context:
+            what += f" ({exc.context})"
+        return f"{where}: {what}"
+    return str(exc)
 
 
 def raw_from_stack_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
