@@ -67,6 +67,21 @@ def test_wrong_type_and_enum_casing() -> None:
     assert "valid string" in errors["sgp-infra:models.m4.description"]
 
 
+def test_a_wrong_enum_value_says_what_to_write_instead() -> None:
+    raw = raw_catalog()
+    raw["templates"]["tpl"]["endpoint_type"] = "sync"
+    raw["models"]["m5"]["vendor_configuration"]["model_infra"]["endpoint_type"] = "SYNC"
+    raw["models"]["m4"]["model_type"] = "COMPLETIONS"
+    raw["templates"]["tpl"]["endpoint_protocol"] = "GRPC"
+    errors = errors_of(raw)
+    assert errors["sgp-infra:templates.tpl.endpoint_type"].endswith(
+        "(got 'sync'; the casing matters: write 'SYNC')")
+    assert errors["sgp-infra:models.m5.vendor_configuration.model_infra.endpoint_type"].endswith(
+        "(got 'SYNC'; the casing matters: write 'sync')")
+    assert errors["sgp-infra:models.m4.model_type"].endswith("(got 'COMPLETIONS'; did you mean 'COMPLETION'?)")
+    assert errors["sgp-infra:templates.tpl.endpoint_protocol"].endswith("(got 'GRPC')")
+
+
 def test_unquoted_numeric_tag_gets_a_yaml_hint() -> None:
     raw = raw_catalog()
     raw["templates"]["tpl"]["vendor_configuration"]["bundle_config"]["tag"] = 1.2

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterable, Mapping, Optional, Union, get_args, get_origin
@@ -272,6 +273,8 @@ class _Builder:
                 message = err["msg"].removeprefix("Value error, ")
                 if kind.startswith("string_type") and isinstance(err.get("input"), (int, float)):
                     message += " (quote it in YAML)"
+                elif kind in ("enum", "literal_error") and isinstance(err.get("input"), str):
+                    message += _enum_hint(err["input"], str(err.get("ctx", {}).get("expected", "")))
             self.error(config_path(*prefix, *loc), message)
 
     def _unique_ids(self, key: str, refs: Mapping[str, _Ref]) -> None:
@@ -537,6 +540,20 @@ class _Builder:
                 self.error(config_path("models", name),
                            f"maps to Kubernetes object name '{slug}', "
                            f"the same as {config_path('models', other)}; rename one")
+
+
+def _enum_hint(given: str, expected: str) -> str:
+    """What to write instead of a wrong enum value: the same word in the right casing, else the closest.
+
+    v4 entries spell enums in uppercase and v5 entries in lowercase (the API's
+    own spellings), so ``SYNC`` in a v5 model is the commonest slip.
+    """
+    values = re.findall(r"'([^']*)'", expected)
+    same = [v for v in values if v.lower() == given.lower()]
+    if same:
+        return f" (got '{given}'; the casing matters: write '{same[0]}')"
+    close = difflib.get_close_matches(given, values, n=1)
+    return f" (got '{given}'; did you mean '{close[0]}'?)" if close else f" (got '{given}')"
 
 
 def _model_class(entry: Mapping[str, Any]) -> type[Union[ModelV4, ModelV5]]:
