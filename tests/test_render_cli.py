@@ -114,3 +114,12 @@ def test_out_is_required(capsys: pytest.CaptureFixture[str]) -> None:
         main(["render", "--stack", "dev"])
     assert exited.value.code == 2
     assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_stdout_that_cannot_be_written_is_an_error_not_a_traceback() -> None:
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "sgp_infra", "render", "--stack", "dev", "--out", "-"],
+                              cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: cannot write to stdout: No space left on device"

@@ -28,9 +28,9 @@ objects and fields `pulumi up` registers.
 --out DIR writes one file per object, named NNN-<kind>-<name>.yaml in apply
 order (kubectl apply -f DIR applies them in that order). --out - writes one
 multi-document stream to stdout. An invalid catalogue prints every problem
-with its config path, exits 1 and writes nothing. Files in DIR that an earlier render wrote
-(NNN-<kind>-<name>.yaml) and this one did not are removed, so DIR holds
-exactly the current objects; other files are left alone.
+with its config path, exits 1 and writes nothing. Files in DIR that an
+earlier render wrote (NNN-<kind>-<name>.yaml) and this one did not are
+removed, so DIR holds exactly the current objects; other files are left alone.
 
 examples:
   python -m sgp_infra render --stack dev --out rendered/dev
@@ -147,7 +147,14 @@ def run(args: argparse.Namespace) -> int:
     if catalog is None:
         return code
     if args.out == "-":
-        yaml.dump_all(manifests, sys.stdout, Dumper=Dumper, sort_keys=False, default_flow_style=False)
+        try:
+            yaml.dump_all(manifests, sys.stdout, Dumper=Dumper, sort_keys=False, default_flow_style=False)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `render --out - | head`: main() ends quietly
+            raise
+        except OSError as exc:  # e.g. stdout redirected to a full disk
+            print(f"error: cannot write to stdout: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
         return 0
     out = Path(args.out)
     if out.exists() and not out.is_dir():
