@@ -14,7 +14,7 @@ import scale_gp_beta
 
 from api_helpers import ROOT
 from sgp_infra.catalog import load_file
-from sgp_infra.cli.serve import unknown_backend_error
+from sgp_infra.cli.serve import unknown_backend_error, unrouted_models_note
 
 
 def free_port() -> int:
@@ -174,6 +174,17 @@ def test_metrics_sum_the_workers() -> None:
                   if line.startswith("sgp_infra_api_requests_total{") and 'route="/v4/models"' in line)
     assert counted == 40
 
+
+
+def test_serve_outside_a_cluster_names_the_models_without_a_backend() -> None:
+    """Their calls would wait out a cold start and end in a 503; the note says so and how to fix it."""
+    catalog = load_file(ROOT / "stacks" / "Pulumi.dev.yaml")
+    note = unrouted_models_note(catalog, {"echo": "http://127.0.0.1:5005"}, {})
+    assert note is not None and note.startswith("note: no --backend for t4-embedder, transcriber:")
+    assert "--backend t4-embedder=http://127.0.0.1:5005" in note and "demo --keep-serving" in note
+    every = {name: "http://127.0.0.1:5005" for name in catalog.models}
+    assert unrouted_models_note(catalog, every, {}) is None
+    assert unrouted_models_note(catalog, {}, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) is None  # in a pod
 
 
 def test_serve_backend_for_an_unknown_model_exits_2_naming_the_catalogue_models() -> None:

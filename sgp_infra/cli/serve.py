@@ -167,6 +167,29 @@ def unknown_backend_error(catalog: Catalog, backends: Mapping[str, str]) -> Opti
     return f"--backend names no model of the catalogue: {', '.join(hints)}; its models: {models}"
 
 
+def unrouted_models_note(catalog: Catalog, backends: Mapping[str, str],
+                         environ: Mapping[str, str]) -> Optional[str]:
+    """A note naming the models with no ``--backend`` when serving outside a cluster, else ``None``.
+
+    Outside a pod their calls go to in-cluster Service names that do not
+    resolve, so each call is held as a cold start (50 s by default) and ends in
+    a 503; a first-time user who only ran ``serve --stack dev`` should learn why
+    before waiting, and how to give the models somewhere to go.
+    """
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        return None
+    given = set(backends)
+    missing = sorted(m.name for m in catalog.models.values() if m.name not in given and m.object_name not in given)
+    if not missing:
+        return None
+    example = missing[0]
+    return (f"note: no --backend for {', '.join(missing)}: outside a cluster their in-cluster Services "
+            f"usually do not resolve, so their inference calls wait for a cold start and answer 503. "
+            f"Give each a local server, e.g. `python -m sgp_infra demo-model --port 5005 &` and "
+            f"`--backend {example}=http://127.0.0.1:5005`, "
+            f"or run `python -m sgp_infra demo --keep-serving`, which starts them for you")
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -225,6 +248,9 @@ def run(args: argparse.Namespace) -> int:
     keys = resolve_keys(catalog, args.host)
     if keys is None:
         return EXIT_USAGE
+    note = unrouted_models_note(catalog, backends, os.environ)
+    if note is not None:
+        print(note, file=sys.stderr)
     try:
         limits = limits_of(args, catalog)
     except ValueError as exc:  # a flag out of its range
