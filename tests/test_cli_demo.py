@@ -32,6 +32,17 @@ def test_demo_runs_the_whole_flow_on_the_dev_stack(tmp_path: Path) -> None:
     # the ASYNC model: a task queued on the local nats-server, run by its forwarder, polled to SUCCESS
     line = next(text for text in out.splitlines() if text.startswith("transcriber: async task -> POST"))
     assert "POST /v1/async-tasks -> task" in line and "SUCCESS" in line and "hello from sgp-infra" in line
+    # the README shows this run's output: every line, in order (ports, the task id and "..." vary)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("<!-- demo output:", 1)[1].split("```", 2)[1].strip("\n").splitlines()
+    printed = out.strip("\n").splitlines()
+    wrote = shown.index("wrote 25 manifests to rendered/dev")  # render's line goes to stderr
+    assert shown.pop(wrote) in proc.stderr.replace(str(tmp_path), "rendered/dev")
+    assert len(printed) == len(shown), printed
+    for want, got in zip(shown, printed, strict=True):
+        pattern = re.escape(want).replace("PORT", r"\d+").replace(r"\.\.\.", ".*")
+        pattern = re.sub("[0-9a-f]{8}…", "[0-9a-f]{8}…", pattern)
+        assert re.fullmatch(pattern, got), (want, got)
 
 
 def test_demo_invalid_catalogue_exits_1_and_starts_nothing(tmp_path: Path) -> None:

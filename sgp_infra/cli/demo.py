@@ -32,8 +32,8 @@ Runs the whole data flow on this machine, with no cluster, GPU or Pulumi CLI:
 
   1. validate the stack's catalogue (same checks as `pulumi up`)
   2. render its Kubernetes manifests to --out (default rendered/<stack>)
-  3. start demo echo models on 127.0.0.1 (one per endpoint_protocol) in place
-     of the models' images
+  3. start demo echo models on 127.0.0.1 (one per endpoint_protocol and
+     greeting) in place of the models' images
   4. start the catalogue API (`serve`) in front of them
   5. list models and call every model once with the official scale-gp (v4)
      and scale-gp-beta (v5) clients, the way its type is called (completions,
