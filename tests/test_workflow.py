@@ -193,6 +193,19 @@ def test_auto_deploy_flag_selects_stacks(tmp_path: Path) -> None:
                            "--format", "json"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == ["a", "c"]
+    text = subprocess.run([sys.executable, "-m", "sgp_infra", "stacks", "--dir", str(tmp_path), "--auto-deploy"],
+                          capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0 and text.stdout == "a\nc\n"
+
+
+def test_no_auto_deploy_stack_prints_nothing_not_an_empty_line(tmp_path: Path) -> None:
+    from catalog_fixtures import raw_catalog
+
+    (tmp_path / "Pulumi.b.yaml").write_text(
+        yaml.safe_dump({"config": {f"sgp-infra:{k}": v for k, v in raw_catalog().items()}}))
+    proc = subprocess.run([sys.executable, "-m", "sgp_infra", "stacks", "--dir", str(tmp_path), "--auto-deploy"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == ""
 
 
 @pytest.mark.skipif(shutil.which("actionlint") is None, reason="actionlint is not on PATH")

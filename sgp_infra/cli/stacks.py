@@ -47,5 +47,8 @@ def run(args: argparse.Namespace) -> int:
             names = [name for name in names if load_path(directory / f"Pulumi.{name}.yaml").settings.auto_deploy]
         except CatalogLoadFailed as exc:
             return exc.code
-    print(json.dumps(names) if args.format == "json" else "\n".join(names))
+    if args.format == "json":
+        print(json.dumps(names))
+    elif names:  # none: no output at all, not an empty line a `while read` loop would take for a stack
+        print("\n".join(names))
     return 0
