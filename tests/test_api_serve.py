@@ -91,7 +91,7 @@ def test_reuse_port_lets_two_serve_processes_share_a_port_and_either_one_answers
         finally:
             refused.kill()
         _, refused_err = refused.communicate(timeout=10)
-        assert "cannot listen" in refused_err
+        assert "cannot listen" in refused_err and "pick another --port" in refused_err
         # ... with it, it can; once the first is gone the second answers on the same port.
         second = _start(port, "--reuse-port")
         time.sleep(0.5)
@@ -207,3 +207,16 @@ def test_unknown_backend_error_accepts_model_and_object_names() -> None:
     error = unknown_backend_error(catalog, {"nope": "http://a"})
     assert error is not None and error.startswith("--backend names no model of the catalogue: 'nope'; its models: ")
     assert error.endswith(", ".join(sorted(catalog.models)))
+
+
+def test_demo_model_on_a_taken_port_says_so_and_what_to_do() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "sgp_infra", "demo-model", "--port", str(port)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "pick another --port (0 picks a free one)" in done.stderr
+    assert "speaking" not in done.stderr  # it never claims to listen where it does not

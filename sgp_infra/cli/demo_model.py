@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..demo_model import DemoModel
+    from .serve import listen_error, listening_socket
 
     if args.dim < 1 or args.token_delay < 0:
         print("error: --dim must be at least 1 and --token-delay at least 0", file=sys.stderr)
@@ -66,10 +67,15 @@ def run(args: argparse.Namespace) -> int:
     app = DemoModel(args.protocol, name=args.name, greeting=args.greeting, dim=args.dim,
                     token_delay=args.token_delay, predict_routes=args.predict_routes,
                     streaming_routes=args.streaming_routes)
-    print(f"demo model '{args.name}' speaking {args.protocol} on http://{args.host}:{args.port}", file=sys.stderr)
+    # Bound here, not by uvicorn: a taken port is then our one-line error, not uvicorn's log line and exit 3
+    # after this command already said where it listens.
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        sock = listening_socket(args.host, args.port)
     except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        print(listen_error(args.host, args.port, exc), file=sys.stderr)
         return EXIT_USAGE
+    port = sock.getsockname()[1]
+    print(f"demo model '{args.name}' speaking {args.protocol} on http://{args.host}:{port}", file=sys.stderr)
+    with sock:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
     return 0

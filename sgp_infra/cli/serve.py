@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import ipaddress
 import os
 import socket
@@ -229,6 +230,14 @@ def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socke
     return socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port)
 
 
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """Why ``host:port`` cannot be listened on, and what to do about the usual cause (a taken port)."""
+    message = f"error: cannot listen on {host}:{port}: {exc.strerror or exc}"
+    if exc.errno == errno.EADDRINUSE:
+        message += "; another process is listening there: stop it, or pick another --port (0 picks a free one)"
+    return message
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401 - checked here for the message below
@@ -271,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sock = listening_socket(args.host, args.port, reuse_port=args.reuse_port)
     except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        print(listen_error(args.host, args.port, exc), file=sys.stderr)
         local_async.stop()
         return EXIT_USAGE
     workers = f" with {options.workers} workers" if options.workers > 1 else ""
