@@ -74,6 +74,25 @@ def test_broken_yaml_names_the_files_line_and_column(tmp_path: Path, capsys: pyt
     assert "<unicode string>" not in err
 
 
+def test_a_key_written_twice_is_an_error_not_a_silent_override(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # A model block pasted under an existing name: YAML would keep the last one, Pulumi rejects the file.
+    text = (ROOT / "stacks" / "Pulumi.dev.yaml").read_text().replace("\n    t4-embedder:\n", "\n    echo:\n")
+    path = tmp_path / "Pulumi.x.yaml"
+    path.write_text(text)
+    first = text.splitlines().index("    echo:") + 1
+    second = text.splitlines().index("    echo:", first) + 1
+    assert main(["validate", "--config-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"line {second}, column 5: key 'echo' is written twice (first at line {first})" in err
+
+
+def test_yaml_merge_keys_may_still_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "Pulumi.x.yaml"
+    path.write_text("config:\n  sgp-infra:accountId: a\n  x: &base {p: 1}\n  y:\n    <<: *base\n    p: 2\n")
+    assert main(["validate", "--config-file", str(path)]) == 0
+
+
 def test_the_published_json_catalogue_validates_like_its_stack(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from sgp_infra.catalog import load_file
