@@ -82,6 +82,18 @@ def test_a_wrong_enum_value_says_what_to_write_instead() -> None:
     assert errors["sgp-infra:templates.tpl.endpoint_protocol"].endswith("(got 'GRPC')")
 
 
+def test_a_map_or_list_of_the_wrong_shape_is_named_in_yaml_words() -> None:
+    raw = raw_catalog()
+    raw["api"] = 5
+    raw["templates"]["tpl"]["vendor_configuration"]["endpoint_config"] = ["cpus", 1]
+    raw["modelGroups"]["g"]["models"] = "m4"
+    errors = errors_of(raw)
+    assert errors["sgp-infra:api"] == "must be a map of fields, got a number (5)"
+    assert errors["sgp-infra:templates.tpl.vendor_configuration.endpoint_config"] == \
+        "must be a map of fields, got a list"
+    assert errors["sgp-infra:modelGroups.g.models"] == "must be a list, got a string 'm4'"
+
+
 def test_unquoted_numeric_tag_gets_a_yaml_hint() -> None:
     raw = raw_catalog()
     raw["templates"]["tpl"]["vendor_configuration"]["bundle_config"]["tag"] = 1.2

@@ -54,6 +54,7 @@ def test_invalid_stack_lists_every_problem_and_exits_1(tmp_path: Path, capsys: p
     ("- a list", "a map with a 'config' key"),
     ('{"config": [1, 2', "not valid JSON"),
     ("[1]", "a map with a 'config' key"),
+    ("config: hello", "Pulumi.x.yaml: the stack file's 'config' must be a map"),
 ])
 def test_unreadable_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None,
                                  fragment: str) -> None:

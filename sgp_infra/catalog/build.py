@@ -269,6 +269,10 @@ class _Builder:
                 hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
                 message = "unknown field" if not settings else "unknown key"
                 message += f" (did you mean '{hint[0]}'?)" if hint else f" (known: {', '.join(sorted(known))})"
+            elif kind in ("model_type", "dict_type", "list_type"):
+                # pydantic says "a valid dictionary or instance of ApiSettings": YAML users write maps and lists
+                shape = "a list" if kind == "list_type" else "a map of fields" if kind == "model_type" else "a map"
+                message = f"must be {shape}, got {_yaml_type(err.get('input'))}"
             else:
                 message = err["msg"].removeprefix("Value error, ")
                 if kind.startswith("string_type") and isinstance(err.get("input"), (int, float)):
@@ -540,6 +544,23 @@ class _Builder:
                 self.error(config_path("models", name),
                            f"maps to Kubernetes object name '{slug}', "
                            f"the same as {config_path('models', other)}; rename one")
+
+
+def _yaml_type(value: Any) -> str:
+    """What a value is, in YAML's words (``a string 'x'``, ``a number``, ``a list``...)."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string {value[:40]!r}"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a map"
+    return type(value).__name__
 
 
 def _enum_hint(given: str, expected: str) -> str:

@@ -103,6 +103,8 @@ def read_stack_file(path: Path) -> dict[str, Any]:
             raise SourceError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(doc, dict):
         raise SourceError(f"{path}: a stack config file is a map with a 'config' key")
+    if not isinstance(doc.get("config") or {}, Mapping):
+        raise SourceError(f"{path}: the stack file's 'config' must be a map of keys such as sgp-infra:accountId")
     return doc
 
 
