@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -220,3 +221,27 @@ def test_demo_model_on_a_taken_port_says_so_and_what_to_do() -> None:
     assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
     assert "pick another --port (0 picks a free one)" in done.stderr
     assert "speaking" not in done.stderr  # it never claims to listen where it does not
+
+
+def test_forwarder_on_a_taken_port_says_so_and_otherwise_says_where_it_looks() -> None:
+    command = [sys.executable, "-m", "sgp_infra", "forwarder", "--stack", "dev", "--model", "transcriber",
+               "--backend", "http://127.0.0.1:9", "--nats", "nats://127.0.0.1:9"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([*command, "--port", str(port)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "forwarder for" not in done.stderr
+    # Free to listen: one line names the broker, the model and the probe before it connects (quietly, forever).
+    proc = subprocess.Popen([*command, "--port", "0"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert re.fullmatch(r"forwarder for 'transcriber': tasks from nats://127\.0\.0\.1:9, model at "
+                        r"http://127\.0\.0\.1:9; probes on http://127\.0\.0\.1:\d+/readyz \(503 until NATS and "
+                        r"the model answer\)\n", line), line

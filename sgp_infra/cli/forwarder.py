@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
         from ..plan.nats import client_url
         from ..tasks.service import UnknownAsyncModel, build_forwarder, forwarder_app
+        from .serve import listen_error, listening_socket
     except ImportError as exc:
         return missing_api_extra("the forwarder", exc)
     if not args.backend.startswith(("http://", "https://")):
@@ -58,7 +59,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     app = forwarder_app(forwarder, args.drain_seconds)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=int(args.drain_seconds) + 5)
-    uvicorn.Server(config).run()
+    # Bound here so a taken --port is one clear line (uvicorn's own bind failure exits 3 after its log line).
+    try:
+        sock = listening_socket(args.host, args.port)
+    except OSError as exc:
+        print(listen_error(args.host, args.port, exc), file=sys.stderr)
+        return EXIT_USAGE
+    # It connects in the background and retries forever, quietly at the default log level, so say where
+    # it looks and where to see whether it got there.
+    print(f"forwarder for '{args.model}': tasks from {forwarder.broker.url}, model at {args.backend}; "
+          f"probes on http://{args.host}:{sock.getsockname()[1]}/readyz (503 until NATS and the model answer)",
+          file=sys.stderr)
+    with sock:
+        uvicorn.Server(config).run(sockets=[sock])
     return 0
