@@ -138,3 +138,46 @@ def test_demo_model_routes_by_suffix_and_stream_flag() -> None:
     assert sgp.handler("/chat") == sgp.sgp_either and sgp.handler("/v1/chat/completions") is None
     assert sgp.sgp_either({"prompt": "a"})["completions"] == [["a", ["a"]]]
     assert b"".join(sgp.sgp_either({"prompt": "a b", "stream": True}).chunks).count(b"data: ") == 2
+
+
+def test_demo_on_a_taken_port_stops_before_starting_anything(tmp_path: Path) -> None:
+    """Whatever listens on --port might answer /readyz and be taken for the API; the demo refuses instead."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "sgp_infra", "demo", "--stack", "dev", "--port", str(port),
+                               "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr
+    assert "echo server" not in proc.stdout and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["demo", "--stack", "dev"], ["serve", "--stack", "dev"], ["demo-model"],
+                                     ["forwarder", "--stack", "dev", "--model", "transcriber", "--backend", "http://x"]])
+def test_a_port_out_of_range_is_a_usage_error(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from sgp_infra.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--port", "99999"])
+    assert info.value.code == 2
+    assert "expected a port number from 0 (a free one) to 65535, got '99999'" in capsys.readouterr().err
+
+
+def test_a_refused_listing_is_reported_and_counted_not_raised(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from sgp_infra.cli.demo import exercise
+
+    class Refused(Exception):
+        pass
+
+    def refuse(**_: object) -> None:
+        raise Refused("Error code: 404 - no route GET /v4/models")
+
+    client = SimpleNamespace(models=SimpleNamespace(list=refuse))
+    catalog = load_file(ROOT / "stacks" / "Pulumi.dev.yaml")
+    assert exercise(catalog, client, client, (Refused,)) == len(catalog.models)
+    assert "error: listing the models failed: Error code: 404" in capsys.readouterr().err

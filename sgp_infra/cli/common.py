@@ -24,6 +24,17 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config-file", metavar="PATH", help="a stack config file anywhere")
 
 
+def port_number(text: str) -> int:
+    """An argparse type for ``--port``: 0 (pick a free one) to 65535, else a usage error, not a bind traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 (a free one) to 65535, got {text!r}")
+    return value
+
+
 def config_file_of(args: argparse.Namespace) -> Path:
     return resolve_config_file(args.stack, args.config_file)
 

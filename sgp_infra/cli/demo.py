@@ -23,7 +23,8 @@ from typing import Any, Iterable, Optional
 
 from ..catalog import Catalog, Model
 from . import render as render_cmd
-from .common import EXIT_USAGE, add_source_args, try_load
+from .common import EXIT_USAGE, add_source_args, port_number, try_load
+from .serve import listen_error, listening_socket
 
 HELP = "run the main job: validate, render, serve the catalogue with echo models, call it with the SGP clients"
 
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(parser)
     parser.add_argument("--out", metavar="DIR", help="where to render manifests (default rendered/<stack>)")
-    parser.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
+    parser.add_argument("--port", type=port_number, default=0, help="API port (default: a free one)")
     parser.add_argument("--keep-serving", action="store_true", help="leave the API running until Ctrl-C")
     parser.set_defaults(run=run)
 
@@ -113,6 +114,13 @@ def run(args: argparse.Namespace) -> int:
     if render_cmd.run(render_args) != 0:
         return 1
 
+    if args.port:
+        # Something else on --port could answer /readyz and be taken for the API, so check before starting.
+        try:
+            listening_socket("127.0.0.1", args.port).close()
+        except OSError as exc:
+            print(listen_error("127.0.0.1", args.port, exc), file=sys.stderr)
+            return EXIT_USAGE
     procs: list[subprocess.Popen[bytes]] = []
     try:
         backends = start_models(catalog, procs)
@@ -223,10 +231,14 @@ def exercise(catalog: Catalog, v4: Any, v5: Any, errors: tuple[type[BaseExceptio
     refuses is printed to stderr with its reason and counted, never a
     traceback.  Returns the number of failed calls.
     """
-    models = v4.models.list(limit=100)
-    print(f"v4 GET /v4/models: {[m.name for m in models.items]}")
-    listed = v5.models.list(limit=100)
-    print(f"v5 GET /v5/models: {[(m.name, m.status) for m in listed.items]}")
+    try:
+        models = v4.models.list(limit=100)
+        print(f"v4 GET /v4/models: {[m.name for m in models.items]}")
+        listed = v5.models.list(limit=100)
+        print(f"v5 GET /v5/models: {[(m.name, m.status) for m in listed.items]}")
+    except errors as exc:
+        print(f"error: listing the models failed: {exc}", file=sys.stderr)
+        return len(catalog.models)
     failed = 0
     for model in catalog.models.values():
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import EXIT_USAGE
+from .common import EXIT_USAGE, port_number
 
 HELP = "run a tiny deterministic echo model server speaking SGP, VLLM (OpenAI) or COHERE"
 
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo-model", help=HELP, description=DESCRIPTION,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5005, help="port to listen on (default 5005, Launch's)")
+    parser.add_argument("--port", type=port_number, default=5005, help="port to listen on (default 5005, Launch's)")
     parser.add_argument("--protocol", type=str.upper, choices=("SGP", "VLLM", "COHERE"), default="SGP",
                         help="wire protocol to speak (default SGP)")
     parser.add_argument("--name", default="demo", help="model name the server reports (default demo)")

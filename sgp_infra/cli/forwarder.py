@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import EXIT_USAGE, add_source_args, missing_api_extra, try_load
+from .common import EXIT_USAGE, add_source_args, missing_api_extra, port_number, try_load
 
 HELP = "pull an ASYNC model's tasks from NATS JetStream and call the model (the model pod's sidecar)"
 
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--nats", metavar="URL", default=None,
                         help="NATS server (default: sgp-infra:async.natsUrl, else the stack's in-cluster NATS)")
     parser.add_argument("--host", default="127.0.0.1", help="address of the probe/metrics port (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8081, help="probe/metrics port (default 8081; 0 picks one)")
+    parser.add_argument("--port", type=port_number, default=8081, help="probe/metrics port (default 8081; 0 picks one)")
     parser.add_argument("--drain-seconds", type=float, default=55.0,
                         help="on SIGTERM, how long held tasks may finish before they return to the queue")
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional
 
 from ..catalog import Catalog
 from ..tasks.local import add_local_async_args, start_local_async
-from .common import EXIT_USAGE, add_source_args, config_file_of, missing_api_extra, try_load
+from .common import EXIT_USAGE, add_source_args, config_file_of, missing_api_extra, port_number, try_load
 from .serving import dev_keys
 
 HELP = "run the SGP v4/v5 API service on a stack's catalogue (default http://127.0.0.1:8080)"
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 picks one)")
+    parser.add_argument("--port", type=port_number, default=8080, help="port to listen on (default 8080; 0 picks one)")
     parser.add_argument("--status", choices=("auto", "kubernetes", "probe", "none"), default="auto",
                         help="where model status comes from (default: kubernetes in a pod, else probe)")
     parser.add_argument("--namespace", default=None,
