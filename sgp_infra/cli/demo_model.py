@@ -22,7 +22,7 @@ send the echo word by word.
   SGP     POST /predict, POST /generate_streaming (SSE)
   VLLM    POST /v1/completions, /v1/chat/completions (stream: true -> SSE), /v1/embeddings
   COHERE  POST /v1/generate (stream: true -> JSON lines), /v1/embed, /v1/rerank
-  all     GET /readyz, /health
+  all     GET /readyz, /health, /healthz
 
 SGP serves --predict-route/--streaming-route paths too (a model's own routes);
 VLLM and COHERE answer any POST path by the shape its suffix names
