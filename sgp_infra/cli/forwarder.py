@@ -32,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="NATS server (default: sgp-infra:async.natsUrl, else the stack's in-cluster NATS)")
     parser.add_argument("--host", default="127.0.0.1", help="address of the probe/metrics port (default 127.0.0.1)")
     parser.add_argument("--port", type=port_number, default=8081, help="probe/metrics port (default 8081; 0 picks one)")
-    parser.add_argument("--drain-seconds", type=float, default=55.0,
-                        help="on SIGTERM, how long held tasks may finish before they return to the queue")
+    parser.add_argument("--drain-seconds", type=float, default=55.0, metavar="SECONDS",
+                        help="on SIGTERM, how long held tasks may finish before they return to the queue "
+                             "(default 55)")
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(run=run)
 
