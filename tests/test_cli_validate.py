@@ -132,6 +132,18 @@ def test_a_stack_name_outside_the_project_says_where_to_run(
     assert "run inside the project" in err and "did you mean" not in err
 
 
+def test_a_mistyped_option_names_the_command_and_the_closest_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["validate", "--stak", "dev"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m sgp_infra validate ")  # the command's usage, not the top level's
+    assert "unrecognized arguments: --stak dev (--stak: did you mean --stack?)" in err
+    with pytest.raises(SystemExit):
+        main(["render", "--stack", "dev", "--out", "x", "stray"])
+    assert "render: error: unrecognized arguments: stray\n" in capsys.readouterr().err
+
+
 def test_no_source_given(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PULUMI_STACK", raising=False)
     assert main(["validate"]) == 2

@@ -8,8 +8,10 @@ no command ever ends in a traceback for bad input.
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from . import demo, demo_model, diff, forwarder, render, schema, serve, stacks, validate
 
@@ -49,14 +51,34 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argpar
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser, sub = _build()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        unknown_arguments(sub.choices[args.command], extra)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `render --out - | head`
         return 0
+
+
+def unknown_arguments(command: argparse.ArgumentParser, extra: Sequence[str]) -> NoReturn:
+    """Exit 2 with the subcommand's usage (not the top level's) and the closest option to each unknown one.
+
+    argparse reports arguments a subcommand does not know at the top level, whose
+    usage line shows no options at all; ``validate --stak dev`` should point at
+    ``--stack``.
+    """
+    options = sorted(set(re.findall(r"--[a-z][a-z0-9-]*", command.format_help())))
+    hints = []
+    for arg in extra:
+        if arg.startswith("--"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1)
+            if close:
+                hints.append(f"{arg.split('=', 1)[0]}: did you mean {close[0]}?")
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    command.error(message + (f" ({'; '.join(hints)})" if hints else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover
