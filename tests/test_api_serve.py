@@ -52,6 +52,7 @@ def test_serve_dev_stack_with_the_dev_key() -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert "dev API key 'sgp-infra-dev-key'" in err
+    assert f"\nserving on http://127.0.0.1:{port}: catalogue valid (account dev-account" in err  # the URL first
     assert err.count("sgp-infra-dev-key") == 1  # the startup note; never in request logs
     assert '"route":"/v5/models"' in err  # the JSON access log line
 

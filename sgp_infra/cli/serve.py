@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
         local_async.stop()
         return EXIT_USAGE
     workers = f" with {options.workers} workers" if options.workers > 1 else ""
-    print(f"serving {catalog.summary()} on http://{args.host}:{sock.getsockname()[1]}{workers}", file=sys.stderr)
+    print(f"serving on http://{args.host}:{sock.getsockname()[1]}{workers}: {catalog.summary()}", file=sys.stderr)
     local_async.stop_on_sigterm()
     try:
         return run_server(options, sock, catalog)
