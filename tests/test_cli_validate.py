@@ -90,8 +90,21 @@ def test_a_key_written_twice_is_an_error_not_a_silent_override(tmp_path: Path,
 
 def test_yaml_merge_keys_may_still_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "Pulumi.x.yaml"
-    path.write_text("config:\n  sgp-infra:accountId: a\n  x: &base {p: 1}\n  y:\n    <<: *base\n    p: 2\n")
+    path.write_text("config:\n  sgp-infra:accountId: a\n  team:x: &base {p: 1}\n  team:y:\n    <<: *base\n"
+                    "    p: 2\n")
     assert main(["validate", "--config-file", str(path)]) == 0
+
+
+def test_keys_sgp_infra_would_skip_are_named_with_the_key_to_write(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "Pulumi.x.yaml"
+    path.write_text("config:\n  accountId: a\n  sgp_infra:models: {}\n  sgp-infra:accountId: a\n"
+                    "  kubernetes:context: c\n  aws:region: r\n")
+    assert main(["validate", "--config-file", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "2 problems" in err  # other namespaces (kubernetes:, aws:) are not sgp-infra's business
+    assert "  - accountId: a config key needs a namespace; sgp-infra reads sgp-infra:accountId\n" in err
+    assert "  - sgp_infra:models: namespace 'sgp_infra' is not 'sgp-infra'; did you mean sgp-infra:models?\n" in err
 
 
 def test_the_published_json_catalogue_validates_like_its_stack(tmp_path: Path,

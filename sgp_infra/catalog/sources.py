@@ -136,9 +136,42 @@ def raw_from_stack_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def stray_config_keys(doc: Mapping[str, Any]) -> list[ConfigError]:
+    """Config keys meant for sgp-infra that it would never read: no namespace, or a misspelt one.
+
+    ``models:`` or ``sgp_infra:models:`` in a stack file is skipped by the
+    ``sgp-infra:`` prefix match, so without this the catalogue would silently
+    lose the entry (and ``accountId`` would be "required" though written).
+    """
+    config = doc.get("config") or {}
+    errors = []
+    for key in config if isinstance(config, Mapping) else ():
+        if not isinstance(key, str) or key.startswith(PREFIX):
+            continue
+        namespace, colon, name = key.partition(":")
+        if not colon:
+            errors.append(ConfigError(key, f"a config key needs a namespace; sgp-infra reads {PREFIX}{key}"))
+        elif difflib.SequenceMatcher(None, namespace.lower(), NAMESPACE).ratio() >= 0.75:
+            errors.append(ConfigError(key, f"namespace '{namespace}' is not '{NAMESPACE}'; did you mean "
+                                           f"{PREFIX}{name}?"))
+    return errors
+
+
+def catalog_from_doc(doc: Mapping[str, Any]) -> Catalog:
+    """Validate the catalogue of a parsed stack file, stray keys reported with its other problems."""
+    stray = stray_config_keys(doc)
+    try:
+        catalog = build_catalog(raw_from_stack_doc(doc))
+    except CatalogInvalid as exc:
+        raise CatalogInvalid([*stray, *exc.errors]) from None
+    if stray:
+        raise CatalogInvalid(stray)
+    return catalog
+
+
 def load_file(path: Path) -> Catalog:
     """Validate the catalogue in a stack config file."""
-    return build_catalog(raw_from_stack_doc(read_stack_file(path)))
+    return catalog_from_doc(read_stack_file(path))
 
 
 def raw_from_pulumi() -> dict[str, Any]:

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..catalog import CatalogInvalid, SourceError, build_catalog, raw_from_stack_doc, read_stack_file
+from ..catalog import CatalogInvalid, SourceError, raw_from_stack_doc, read_stack_file
+from ..catalog.sources import catalog_from_doc
 from ..diff import (
     BaseUnavailable,
     dangling_group_members,
@@ -67,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         path = config_file_of(args)
-        raw = raw_from_stack_doc(read_stack_file(path))
+        doc = read_stack_file(path)
+        raw = raw_from_stack_doc(doc)
     except SourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     label = _display(path)
     try:
-        current = build_catalog(raw)
+        current = catalog_from_doc(doc)  # build_catalog(raw), with stray keys (`models:`) reported too
         current_plan = plan_catalog(current)  # problems only planning finds (e.g. an unplaceable GPU type)
     except CatalogInvalid as exc:
         hints = dangling_group_members(base.catalog, raw)
