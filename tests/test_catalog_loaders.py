@@ -80,6 +80,19 @@ def test_secret_keys_never_enter_the_catalogue(mocks: RecordingMocks, tmp_path: 
     assert "apiKeys" not in load_pulumi().source
 
 
+def test_a_misspelt_namespace_is_a_problem_under_pulumi_as_in_validate(mocks: RecordingMocks) -> None:
+    from sgp_infra.catalog import CatalogInvalid
+
+    config = {f"sgp-infra:{k}": v for k, v in raw_catalog().items()}
+    models = config.pop("sgp-infra:models")
+    config["sgp-infra:modelGroups"] = {}
+    pulumi.runtime.set_all_config(pulumi_config_of(config | {"sgp_infra:models": models, "kubernetes:context": "c"}))
+    with pytest.raises(CatalogInvalid) as info:
+        load_pulumi()
+    assert [str(e) for e in info.value.errors] == [
+        "sgp_infra:models: namespace 'sgp_infra' is not 'sgp-infra'; did you mean sgp-infra:models?"]
+
+
 @pulumi.runtime.test
 def test_invalid_catalogue_registers_no_resource(mocks: RecordingMocks) -> None:
     raw = raw_catalog()

@@ -12,7 +12,7 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
@@ -144,8 +144,13 @@ def stray_config_keys(doc: Mapping[str, Any]) -> list[ConfigError]:
     lose the entry (and ``accountId`` would be "required" though written).
     """
     config = doc.get("config") or {}
+    return stray_keys(config if isinstance(config, Mapping) else ())
+
+
+def stray_keys(keys: Iterable[Any]) -> list[ConfigError]:
+    """:func:`stray_config_keys` of a plain list of config keys (a stack file's or Pulumi's)."""
     errors = []
-    for key in config if isinstance(config, Mapping) else ():
+    for key in keys:
         if not isinstance(key, str) or key.startswith(PREFIX):
             continue
         namespace, colon, name = key.partition(":")
@@ -200,8 +205,17 @@ def raw_from_pulumi() -> dict[str, Any]:
 
 
 def load_pulumi() -> Catalog:
-    """Validate the catalogue in the running Pulumi program's stack config."""
-    return build_catalog(raw_from_pulumi())
+    """Validate the catalogue in the running Pulumi program's stack config (stray keys included, as ``validate``)."""
+    from pulumi.runtime import config as runtime_config
+
+    stray = stray_keys(set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env()))
+    try:
+        catalog = build_catalog(raw_from_pulumi())
+    except CatalogInvalid as exc:
+        raise CatalogInvalid([*stray, *exc.errors]) from None
+    if stray:
+        raise CatalogInvalid(stray)
+    return catalog
 
 
 def resolve_config_file(stack: Optional[str], config_file: Optional[str]) -> Path:
