@@ -94,6 +94,7 @@ def test_reuse_port_lets_two_serve_processes_share_a_port_and_either_one_answers
             refused.kill()
         _, refused_err = refused.communicate(timeout=10)
         assert "cannot listen" in refused_err and "pick another --port" in refused_err
+        assert "nats-server" not in refused_err  # the port is checked before anything starts
         # ... with it, it can; once the first is gone the second answers on the same port.
         second = _start(port, "--reuse-port")
         time.sleep(0.5)

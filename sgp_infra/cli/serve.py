@@ -265,9 +265,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a flag out of its range
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # The port first: taken, it is the one error, before a nats-server and forwarders start for nothing.
+    try:
+        sock = listening_socket(args.host, args.port, reuse_port=args.reuse_port)
+    except OSError as exc:
+        print(listen_error(args.host, args.port, exc), file=sys.stderr)
+        return EXIT_USAGE
     try:
         local_async = start_local_async(catalog, args, backends)  # nats-server and forwarders (ASYNC)
     except RuntimeError as exc:  # no nats-server binary, or it would not start
+        sock.close()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     stack, writes_file = write_target(args)
@@ -277,12 +284,6 @@ def run(args: argparse.Namespace) -> int:
         access_log=args.access_log, log_level=args.log_level,
         workers=args.workers or catalog.settings.api.workers, limits=limits, nats_url=local_async.url)
     configure_json_logging(access_log=args.access_log)
-    try:
-        sock = listening_socket(args.host, args.port, reuse_port=args.reuse_port)
-    except OSError as exc:
-        print(listen_error(args.host, args.port, exc), file=sys.stderr)
-        local_async.stop()
-        return EXIT_USAGE
     workers = f" with {options.workers} workers" if options.workers > 1 else ""
     print(f"serving on http://{args.host}:{sock.getsockname()[1]}{workers}: {catalog.summary()}", file=sys.stderr)
     local_async.stop_on_sigterm()
