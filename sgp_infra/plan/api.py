@@ -2,8 +2,8 @@
 
 One Deployment (``settings.api.replicas``, 2 by default) under the restricted
 Pod Security Standard, its Service, the published catalogue ConfigMap, a
-ServiceAccount whose Role only reads model Deployments, ReplicaSets, pods and
-EndpointSlices (and the catalogue ConfigMap) in the namespace, a PodDisruptionBudget, and,
+ServiceAccount whose Role only lists model Deployments and pods, lists and
+watches EndpointSlices and gets the catalogue ConfigMap in the namespace, a PodDisruptionBudget, and,
 when ``sgp-infra:api.ingress`` asks for one, an HTTPRoute or Ingress
 (``ingress``).  The container runs ``serve`` with ``sgp-infra:api.workers``
 and every ``sgp-infra:api.limits`` value as flags; its CPU and memory scale
@@ -96,14 +96,20 @@ def service_account(namespace: str) -> dict[str, Any]:
 
 
 def role(namespace: str) -> dict[str, Any]:
-    read = ["get", "list", "watch"]
+    """Exactly the reads the API makes, nothing more (least privilege).
+
+    ``api/kube_status.py`` lists model Deployments and pods and gets the
+    catalogue ConfigMap; ``api/inference/endpoints.py`` lists and watches
+    EndpointSlices.  No write verb, no ``get`` where only lists are made, and
+    no ReplicaSets or Secrets.
+    """
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(API_NAME, namespace),
         "rules": [
-            {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": list(read)},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": list(read)},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
             # the inference routing's pod addresses (api/inference/endpoints.py)
-            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": list(read)},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CATALOG_CONFIGMAP], "verbs": ["get"]},
         ],
     }
