@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -92,8 +93,15 @@ async def _task_body(request: Request) -> CreateAsyncTask:
     if not raw:
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required",
                                        "input": None}])
+    # Strict JSON first, as every other route reads bodies: pydantic's own JSON parser takes NaN,
+    # Infinity and 1e999 as floats, which the task would then carry to the model as null.
     try:
-        return CreateAsyncTask.model_validate_json(raw)
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",),
+                                       "msg": f"not valid JSON ({exc})", "input": None}]) from None
+    try:
+        return CreateAsyncTask.model_validate(value)
     except ValidationError as exc:
         raise _invalid(exc, "body") from None
 
