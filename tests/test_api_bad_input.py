@@ -44,3 +44,13 @@ def test_a_task_body_that_is_not_a_json_object_is_422(client: httpx.Client, raw:
     response = client.post("/v1/async-tasks", params={"model_endpoint_id": "jobs"}, content=raw,
                            headers={"content-type": "application/json"})
     error_of(response, 422)
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://", "https:///path", "http://host:99999/", "http://host:x/",
+                                 "ftp://host/", 5])
+def test_an_unusable_callback_url_is_422_when_the_task_is_sent(client: httpx.Client, url: Any) -> None:
+    # The forwarder calls it when the task ends, where a bad URL could only be logged.
+    response = client.post("/v1/async-tasks", params={"model_endpoint_id": "jobs"},
+                           json={"args": {}, "callback_url": url})
+    body = error_of(response, 422)
+    assert "callback_url" in body["detail"]

@@ -19,6 +19,7 @@ The hook for the v4/v5 inference routes on an ASYNC model is
 from __future__ import annotations
 
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -55,8 +56,19 @@ class CreateAsyncTask(BaseModel):
     @field_validator("callback_url")
     @classmethod
     def _http_url(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not value.startswith(("http://", "https://")):
+        """An http(s) URL with a host, checked now: the forwarder calls it only when the task ends,
+        where an unusable URL could only be logged, never reported to the client."""
+        if value is None:
+            return value
+        if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # raises ValueError on a port that is not a number in range
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if not parts.hostname:
+            raise ValueError("must name a host (http://host/path)")
         return value
 
 
