@@ -18,6 +18,8 @@ from .quantity import parse_quantity
 #: published to the cluster and printed by the CLI).  They are read through
 #: ``pulumi.Config.get_secret_object`` by the component that needs them.
 SECRET_KEYS = frozenset({"apiKeys"})
+#: How to set each secret key (the hint of its config errors).
+SECRET_HINTS = {"apiKeys": "pulumi config set --secret sgp-infra:apiKeys '{\"<key>\": [\"<account>\"]}'"}
 
 #: The catalogue maps, validated entry by entry.
 CATALOG_KEYS = ("templates", "models", "modelGroups")

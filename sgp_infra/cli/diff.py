@@ -67,10 +67,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         path = config_file_of(args)
-        raw = raw_from_stack_doc(read_stack_file(path))
+        doc = read_stack_file(path)
     except SourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    unreadable: CatalogInvalid | None = None
+    try:
+        raw = raw_from_stack_doc(doc)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CatalogInvalid as exc:  # a secret where none belongs: reported as any other problem below
+        raw, unreadable = {}, exc
     try:
         base = load_base(args.base, path)
     except BaseUnavailable as exc:
@@ -78,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     label = _display(path)
     try:
+        if unreadable is not None:
+            raise unreadable
         current = build_catalog(raw)
         current_plan = plan_catalog(current)  # problems only planning finds (e.g. an unplaceable GPU type)
     except CatalogInvalid as exc:
