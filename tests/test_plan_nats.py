@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from plan_fixtures import find, plan_errors, plan_raw, pod_spec, raw_catalog, v5_model
-from sgp_infra.catalog import build_catalog
+from sgp_infra.catalog import CatalogInvalid, build_catalog
 from sgp_infra.plan.api import deployment as api_deployment
 from sgp_infra.plan.nats import (CLIENT_PORT, CLUSTER_PORT, MONITOR_PORT, NATS_NAME, client_url, nats_conf,
                                  task_layout)
@@ -51,6 +53,18 @@ def test_in_cluster_nats_only_with_async_models_and_no_nats_url() -> None:
     assert find(plan, "StatefulSet", NATS_NAME) is None
     trigger = find(plan, "ScaledObject", "m5")["spec"]["triggers"][0]  # type: ignore[index]
     assert trigger["metadata"]["natsServerMonitoringEndpoint"] == "nats.infra:8222"
+
+
+def test_credentials_in_nats_url_are_refused_without_echoing_them() -> None:
+    # They would be published in clear: the catalogue ConfigMap and the forwarders' args.
+    for url in ("nats://alice:s3cret@nats.infra:4222", "tls://s3cret@nats.infra:4222", "http://alice:s3cret@x"):
+        raw = async_raw()
+        raw["async"] = {"natsUrl": url, "monitoringEndpoint": "nats.infra:8222"}
+        with pytest.raises(CatalogInvalid) as caught:
+            build_catalog(raw)
+        [error] = caught.value.errors
+        assert error.path == "sgp-infra:async.natsUrl" and "credentials" in error.message
+        assert "s3cret" not in str(caught.value)
 
 
 def test_cluster_routes_and_r3() -> None:
