@@ -64,6 +64,21 @@ def assert_secret(secret: bool) -> None:
     assert secret is True
 
 
+@pytest.mark.parametrize("keys", [["only-a-key"], {}, {"k": []}, {"k": [""]}, {"": ["dev-account"]}, "k"])
+def test_malformed_keys_stop_the_program_naming_the_config_key(recorder: Recorder, keys: Any) -> None:
+    # Rather than a Secret the API pods cannot read: they would crash-loop until the rollout timed out.
+    @pulumi.runtime.test
+    def program() -> Any:
+        api = CatalogApi("bad", {"catalog": CATALOG, "api_keys": keys})
+        return api.secret.string_data  # type: ignore[union-attr]
+
+    with pytest.raises(pulumi.RunError) as caught:
+        program()
+    message = str(caught.value)
+    assert message.startswith("sgp-infra:apiKeys") and "pulumi config set --secret sgp-infra:apiKeys" in message
+    assert "only-a-key" not in message
+
+
 @pulumi.runtime.test
 def test_without_keys_no_secret_is_created(recorder: Recorder) -> Any:
     api = CatalogApi("nokeys", {"catalog": CATALOG})
