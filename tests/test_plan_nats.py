@@ -128,8 +128,11 @@ def test_network_policy_admits_only_the_stacks_clients() -> None:
     ingress = policy["spec"]["ingress"]
     api_pod = api_deployment(catalog)["spec"]["template"]["metadata"]["labels"]
     model_pod = find(plan, "Deployment", "m5")["spec"]["template"]["metadata"]["labels"]  # type: ignore[index]
-    # The API and the forwarder sidecars in model pods reach the client port; nothing else of the stack's does.
+    sync_pod = find(plan, "Deployment", "m4")["spec"]["template"]["metadata"]["labels"]  # type: ignore[index]
+    # The API and the forwarder sidecars in ASYNC model pods reach the client port; nothing else of the
+    # stack's does: not a SYNC model's image, which would otherwise read every account's tasks.
     assert _admits(ingress, api_pod, CLIENT_PORT) and _admits(ingress, model_pod, CLIENT_PORT)
+    assert not _admits(ingress, sync_pod, CLIENT_PORT)
     assert not _admits(ingress, {"app": "something-else"}, CLIENT_PORT)
     assert not _admits(ingress, api_pod, CLUSTER_PORT) and not _admits(ingress, model_pod, MONITOR_PORT)
     # Peers reach the cluster port; KEDA's operator (any namespace) the monitoring port only.
