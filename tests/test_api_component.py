@@ -13,8 +13,8 @@ import yaml
 
 from sgp_infra.catalog import build_catalog, load_file
 from sgp_infra.components.catalog_api import CatalogApi
-from sgp_infra.plan.api import (API_KEYS_KEY, CATALOG_KEY, CHECKSUM_ANNOTATION, api_keys_secret, catalog_document,
-                                plan_api)
+from sgp_infra.plan.api import (API_KEYS_KEY, CATALOG_CONFIGMAP, CATALOG_KEY, CHECKSUM_ANNOTATION, api_keys_secret,
+                                catalog_document, plan_api)
 
 from api_helpers import ROOT
 from mock_helpers import Recorder
@@ -64,6 +64,21 @@ def assert_secret(secret: bool) -> None:
     assert secret is True
 
 
+@pytest.mark.parametrize("keys", [["only-a-key"], {}, {"k": []}, {"k": [""]}, {"": ["dev-account"]}, "k"])
+def test_malformed_keys_stop_the_program_naming_the_config_key(recorder: Recorder, keys: Any) -> None:
+    # Rather than a Secret the API pods cannot read: they would crash-loop until the rollout timed out.
+    @pulumi.runtime.test
+    def program() -> Any:
+        api = CatalogApi("bad", {"catalog": CATALOG, "api_keys": keys})
+        return api.secret.string_data  # type: ignore[union-attr]
+
+    with pytest.raises(pulumi.RunError) as caught:
+        program()
+    message = str(caught.value)
+    assert message.startswith("sgp-infra:apiKeys") and "pulumi config set --secret sgp-infra:apiKeys" in message
+    assert "only-a-key" not in message
+
+
 @pulumi.runtime.test
 def test_without_keys_no_secret_is_created(recorder: Recorder) -> Any:
     api = CatalogApi("nokeys", {"catalog": CATALOG})
@@ -107,8 +122,15 @@ def test_restricted_pod_security() -> None:
     assert verbs <= {"get", "list", "watch"}
 
 
-def test_the_role_reads_endpointslices_for_routing() -> None:
+def test_the_role_grants_exactly_the_reads_the_api_makes() -> None:
+    # kube_status lists Deployments and pods and gets the catalogue ConfigMap; the routing
+    # lists and watches EndpointSlices.  Nothing else: no ReplicaSets, no get on whole kinds.
     role = next(m for m in plan_api(CATALOG) if m["kind"] == "Role")
-    slices = [r for r in role["rules"] if "endpointslices" in r["resources"]]
-    assert slices == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
-                       "verbs": ["get", "list", "watch"]}]
+    grants = {(group, resource, tuple(rule.get("resourceNames", ()))): sorted(rule["verbs"])
+              for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert grants == {
+        ("apps", "deployments", ()): ["list"],
+        ("", "pods", ()): ["list"],
+        ("discovery.k8s.io", "endpointslices", ()): ["list", "watch"],
+        ("", "configmaps", (CATALOG_CONFIGMAP,)): ["get"],
+    }

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from catalog_fixtures import ROOT, STACKS, raw_catalog
-from sgp_infra.catalog import load_file, load_pulumi
+from sgp_infra.catalog import CatalogInvalid, load_file, load_pulumi
 
 
 def pulumi_config_of(config: dict[str, Any]) -> dict[str, str]:
@@ -47,7 +47,7 @@ def mocks() -> RecordingMocks:
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project="sgp-infra", stack="test", preview=False)
     yield mocks
-    pulumi.runtime.set_all_config({})
+    pulumi.runtime.set_all_config({}, [])
 
 
 @pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.name)
@@ -76,7 +76,8 @@ def test_secret_keys_never_enter_the_catalogue(mocks: RecordingMocks, tmp_path: 
     path = tmp_path / "Pulumi.s.yaml"
     path.write_text(yaml.safe_dump({"config": config}))
     assert "apiKeys" not in load_file(path).source
-    pulumi.runtime.set_all_config(pulumi_config_of(config | {"sgp-infra:apiKeys": {"k": ["acct"]}}))
+    pulumi.runtime.set_all_config(pulumi_config_of(config | {"sgp-infra:apiKeys": {"k": ["acct"]}}),
+                                  ["sgp-infra:apiKeys"])
     assert "apiKeys" not in load_pulumi().source
 
 
@@ -91,6 +92,59 @@ def test_a_misspelt_namespace_is_a_problem_under_pulumi_as_in_validate(mocks: Re
         load_pulumi()
     assert [str(e) for e in info.value.errors] == [
         "sgp_infra:models: namespace 'sgp_infra' is not 'sgp-infra'; did you mean sgp-infra:models?"]
+
+
+def problems(error: pytest.ExceptionInfo[CatalogInvalid]) -> dict[str, str]:
+    return {e.path: e.message for e in error.value.errors}
+
+
+def test_api_keys_in_clear_are_refused_with_the_command_that_sets_them(mocks: RecordingMocks,
+                                                                       tmp_path: Path) -> None:
+    config = {f"sgp-infra:{k}": v for k, v in raw_catalog().items()} | {"sgp-infra:apiKeys": {"k": ["acct"]}}
+    path = tmp_path / "Pulumi.s.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    with pytest.raises(CatalogInvalid) as from_file:
+        load_file(path)
+    pulumi.runtime.set_all_config(pulumi_config_of(config))  # set without --secret
+    with pytest.raises(CatalogInvalid) as from_pulumi:
+        load_pulumi()
+    for found in (problems(from_file), problems(from_pulumi)):
+        assert list(found) == ["sgp-infra:apiKeys"]
+        assert "plain text" in found["sgp-infra:apiKeys"]
+        assert "pulumi config set --secret sgp-infra:apiKeys" in found["sgp-infra:apiKeys"]
+
+
+def test_a_secret_in_published_config_is_refused_where_it_is(mocks: RecordingMocks, tmp_path: Path) -> None:
+    # `pulumi config set --secret --path sgp-infra:models.m5....env.HF_TOKEN` would publish the token
+    # in the catalogue ConfigMap and the Deployment's env: refused, at its path.
+    raw = raw_catalog()
+    raw["models"]["m5"]["vendor_configuration"]["model_image"]["env"] = {"HF_TOKEN": {"secure": "v1:abc"}}
+    config = {f"sgp-infra:{k}": v for k, v in raw.items()}
+    path = tmp_path / "Pulumi.s.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    with pytest.raises(CatalogInvalid) as from_file:
+        load_file(path)
+    assert list(problems(from_file)) == ["sgp-infra:models.m5.vendor_configuration.model_image.env.HF_TOKEN"]
+    assert "only apiKeys may be a secret" in str(from_file.value)
+    # The engine hands the program the decrypted value and marks the whole key secret.
+    raw["models"]["m5"]["vendor_configuration"]["model_image"]["env"] = {"HF_TOKEN": "hf_live_token"}
+    pulumi.runtime.set_all_config(pulumi_config_of({f"sgp-infra:{k}": v for k, v in raw.items()}),
+                                  ["sgp-infra:models"])
+    with pytest.raises(CatalogInvalid) as from_pulumi:
+        load_pulumi()
+    assert list(problems(from_pulumi)) == ["sgp-infra:models"]
+    assert "hf_live_token" not in str(from_pulumi.value)
+
+
+def test_secret_keys_are_read_from_the_environment_the_engine_sets(mocks: RecordingMocks,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # A program the engine runs learns its secret keys from PULUMI_CONFIG_SECRET_KEYS, not set_all_config.
+    config = {f"sgp-infra:{k}": v for k, v in raw_catalog().items()}
+    pulumi.runtime.set_all_config(pulumi_config_of(config), [])
+    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps(["sgp-infra:namespace"]))
+    with pytest.raises(CatalogInvalid) as caught:
+        load_pulumi()
+    assert list(problems(caught)) == ["sgp-infra:namespace"]
 
 
 @pulumi.runtime.test

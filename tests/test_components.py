@@ -162,6 +162,28 @@ def test_namespaced_objects_wait_for_the_namespace(stack: Path, recorder: Record
             assert any(dep.endswith(ns_urn_tail) for dep in reg.dependencies), reg.name
 
 
+def test_the_api_keys_reach_only_their_secret(recorder: Recorder) -> None:
+    # The whole program with sgp-infra:apiKeys set as Pulumi sets a secret: the keys' value is in
+    # the keys Secret and in no other object (not the catalogue ConfigMap, not the Deployment's env).
+    prod = next(p for p in STACKS if p.name == "Pulumi.prod.yaml")
+    config = yaml.safe_load(prod.read_text())["config"]
+    key = "prod-key-never-published-0123456789"
+    config["sgp-infra:apiKeys"] = {key: ["acme"]}
+    pulumi.runtime.set_all_config(engine_config(config), ["sgp-infra:apiKeys"])
+
+    @pulumi.runtime.test
+    def program() -> pulumi.Output[int]:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        return pulumi.Output.from_input(0)
+
+    try:
+        program()
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+    holding = [r.name for r in recorder.registered if key in json.dumps(r.inputs, default=str)]
+    assert holding == ["sgp-infra-api-secret"]
+
+
 def test_render_to_directory_uses_an_explicit_provider(recorder: Recorder) -> None:
     dev = next(p for p in STACKS if p.name == "Pulumi.dev.yaml")
     run_program(dev)

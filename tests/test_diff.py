@@ -272,6 +272,18 @@ def test_cli_invalid_current_explains_removed_group_member(tmp_path: Path,
     assert not data["valid"] and data["warnings"][0]["code"] == "removed-model-in-group"
 
 
+def test_cli_secret_in_published_config_is_a_listed_problem(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    base = write_stack(tmp_path / "base.yaml", raw_catalog())
+    raw = raw_catalog()
+    raw["namespace"] = {"secure": "v1:abc"}  # would be published in clear
+    current = write_stack(tmp_path / "Pulumi.t.yaml", raw)
+    assert main(["diff", "--config-file", str(current), "--base", str(base)]) == 1
+    captured = capsys.readouterr()
+    assert "sgp-infra:namespace" in captured.out and "only apiKeys may be a secret" in captured.out
+    assert "is invalid" in captured.err and "Traceback" not in captured.err
+
+
 def test_cli_missing_stack_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["diff", "--config-file", str(tmp_path / "nope.yaml"), "--base", "main"]) == 2
     assert "no such stack config file" in capsys.readouterr().err

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from plan_fixtures import find, plan_errors, plan_raw, pod_spec, raw_catalog, v5_model
-from sgp_infra.catalog import build_catalog
+from sgp_infra.catalog import CatalogInvalid, build_catalog
 from sgp_infra.plan.api import deployment as api_deployment
 from sgp_infra.plan.nats import (CLIENT_PORT, CLUSTER_PORT, MONITOR_PORT, NATS_NAME, client_url, nats_conf,
                                  task_layout)
@@ -51,6 +53,18 @@ def test_in_cluster_nats_only_with_async_models_and_no_nats_url() -> None:
     assert find(plan, "StatefulSet", NATS_NAME) is None
     trigger = find(plan, "ScaledObject", "m5")["spec"]["triggers"][0]  # type: ignore[index]
     assert trigger["metadata"]["natsServerMonitoringEndpoint"] == "nats.infra:8222"
+
+
+def test_credentials_in_nats_url_are_refused_without_echoing_them() -> None:
+    # They would be published in clear: the catalogue ConfigMap and the forwarders' args.
+    for url in ("nats://alice:s3cret@nats.infra:4222", "tls://s3cret@nats.infra:4222", "http://alice:s3cret@x"):
+        raw = async_raw()
+        raw["async"] = {"natsUrl": url, "monitoringEndpoint": "nats.infra:8222"}
+        with pytest.raises(CatalogInvalid) as caught:
+            build_catalog(raw)
+        [error] = caught.value.errors
+        assert error.path == "sgp-infra:async.natsUrl" and "credentials" in error.message
+        assert "s3cret" not in str(caught.value)
 
 
 def test_cluster_routes_and_r3() -> None:
@@ -114,8 +128,11 @@ def test_network_policy_admits_only_the_stacks_clients() -> None:
     ingress = policy["spec"]["ingress"]
     api_pod = api_deployment(catalog)["spec"]["template"]["metadata"]["labels"]
     model_pod = find(plan, "Deployment", "m5")["spec"]["template"]["metadata"]["labels"]  # type: ignore[index]
-    # The API and the forwarder sidecars in model pods reach the client port; nothing else of the stack's does.
+    sync_pod = find(plan, "Deployment", "m4")["spec"]["template"]["metadata"]["labels"]  # type: ignore[index]
+    # The API and the forwarder sidecars in ASYNC model pods reach the client port; nothing else of the
+    # stack's does: not a SYNC model's image, which would otherwise read every account's tasks.
     assert _admits(ingress, api_pod, CLIENT_PORT) and _admits(ingress, model_pod, CLIENT_PORT)
+    assert not _admits(ingress, sync_pod, CLIENT_PORT)
     assert not _admits(ingress, {"app": "something-else"}, CLIENT_PORT)
     assert not _admits(ingress, api_pod, CLUSTER_PORT) and not _admits(ingress, model_pod, MONITOR_PORT)
     # Peers reach the cluster port; KEDA's operator (any namespace) the monitoring port only.

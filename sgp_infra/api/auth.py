@@ -22,7 +22,6 @@ dependency):
 from __future__ import annotations
 
 import hmac
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
@@ -30,6 +29,8 @@ from typing import Any, Mapping, Optional
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
+from ..api_keys import ApiKeysInvalid as ApiKeysInvalid  # re-exported: serve catches it
+from ..api_keys import parse_api_keys as parse_keys_document
 from .errors import ApiError
 
 ENV_VAR = "SGP_INFRA_API_KEYS"
@@ -39,29 +40,9 @@ ENV_VAR = "SGP_INFRA_API_KEYS"
 DEV_API_KEY = "sgp-infra-dev-key"
 
 
-class ApiKeysInvalid(ValueError):
-    """``SGP_INFRA_API_KEYS`` is not a ``{"key": ["account", ...]}`` object."""
-
-
 def parse_api_keys(text: str) -> dict[str, frozenset[str]]:
-    """Parse the key → accounts mapping; messages never include a key."""
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ApiKeysInvalid(f"{ENV_VAR} is not valid JSON ({exc.msg} at position {exc.pos}); "
-                             'expected {"<key>": ["<account>", ...]}') from None
-    if not isinstance(raw, dict) or not raw:
-        raise ApiKeysInvalid(f'{ENV_VAR} must be a non-empty JSON object {{"<key>": ["<account>", ...]}}')
-    out: dict[str, frozenset[str]] = {}
-    for n, (key, accounts) in enumerate(raw.items(), start=1):
-        if not key:
-            raise ApiKeysInvalid(f"{ENV_VAR}: key number {n} is empty")
-        if isinstance(accounts, str):
-            accounts = [accounts]
-        if not isinstance(accounts, list) or not accounts or not all(isinstance(a, str) and a for a in accounts):
-            raise ApiKeysInvalid(f"{ENV_VAR}: key number {n} must map to a non-empty list of account ids")
-        out[key] = frozenset(accounts)
-    return out
+    """Parse the key → accounts mapping of ``SGP_INFRA_API_KEYS``; messages never include a key."""
+    return parse_keys_document(text, ENV_VAR)
 
 
 def api_keys_from_env(environ: Mapping[str, str] = os.environ) -> Optional[dict[str, frozenset[str]]]:

@@ -2,9 +2,10 @@
 
 Lists the model Deployments and pods of the namespace (label
 ``app.kubernetes.io/component=model``, ``part-of=sgp-infra``) with the API's
-service account, whose Role grants only ``get/list/watch`` on deployments,
-replicasets, pods and endpointslices there.  Objects are converted to the JSON kubectl prints
-and mapped by :func:`~sgp_infra.api.status.status_from_deployment`, the same
+service account, whose Role grants only ``list`` on deployments and pods,
+``list/watch`` on endpointslices and ``get`` on the catalogue ConfigMap
+there.  Objects are converted to the JSON kubectl prints and mapped by
+:func:`~sgp_infra.api.status.status_from_deployment`, the same
 function the recorded-object tests exercise.  The namespace's catalogue
 ConfigMap gives templates and groups a ``created_at`` when no model does.
 """

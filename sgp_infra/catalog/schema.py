@@ -274,7 +274,9 @@ def reference_markdown() -> str:
         lines.append(f"| `{key}` | map of {types} | `{{}}` | The stack's {label} entries, keyed by name. |")
     for key in sorted(SECRET_KEYS):
         lines.append(f"| `{key}` | secret: `{{\"<key>\": [\"<account>\", ...]}}` | — | API keys and the accounts "
-                     "each may see; set with `pulumi config set --secret`. |")
+                     "each may see; set with `pulumi config set --secret` (in clear it is an error). The only "
+                     "key that may be a secret: the others are published in plain text, so a secret in them "
+                     "is an error too. |")
     lines += [
         "",
         "## Which entity takes which field",

@@ -18,6 +18,8 @@ from .quantity import parse_quantity
 #: published to the cluster and printed by the CLI).  They are read through
 #: ``pulumi.Config.get_secret_object`` by the component that needs them.
 SECRET_KEYS = frozenset({"apiKeys"})
+#: How to set each secret key (the hint of its config errors).
+SECRET_HINTS = {"apiKeys": "pulumi config set --secret sgp-infra:apiKeys '{\"<key>\": [\"<account>\"]}'"}
 
 #: The catalogue maps, validated entry by entry.
 CATALOG_KEYS = ("templates", "models", "modelGroups")
@@ -188,8 +190,8 @@ class AsyncSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     nats_url: Optional[str] = Field(default=None, alias="natsUrl",
-                                    description="URL of an existing NATS with JetStream (nats://host:4222); "
-                                                "unset: an in-cluster NATS is planned.")
+                                    description="URL of an existing NATS with JetStream (nats://host:4222), without "
+                                                "credentials; unset: an in-cluster NATS is planned.")
     monitoring_endpoint: Optional[str] = Field(
         default=None, alias="monitoringEndpoint",
         description="host:port of the existing NATS's monitoring endpoint, where KEDA's nats-jetstream scaler "
@@ -205,7 +207,14 @@ class AsyncSettings(BaseModel):
     @field_validator("nats_url")
     @classmethod
     def _nats_url(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not value.startswith(("nats://", "tls://", "ws://", "wss://")):
+        if value is None:
+            return value
+        # Checked before the URL is echoed in any message: it may hold the credentials.
+        if "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("holds credentials (user:password@ or token@), which would be published in plain "
+                             "text: in the catalogue ConfigMap and the ASYNC Deployments' args; sgp-infra has "
+                             "no NATS credentials setting, so use a NATS that admits the stack's pods without them")
+        if not value.startswith(("nats://", "tls://", "ws://", "wss://")):
             raise ValueError(f"{value!r} is not a NATS URL (nats://host:4222, tls://…)")
         return value
 

@@ -3,7 +3,9 @@
 Both loaders produce the same ``{key: value}`` map of the ``sgp-infra``
 namespace, which :func:`build_catalog` validates, so ``pulumi up`` and the CLI
 see the same catalogue.  Secret keys are skipped here: their values never enter
-the catalogue.
+the catalogue.  Secrets are accepted only there: a secret key in clear, or a
+secret under any other key (which would be published in plain text), is a
+config error naming its path.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 import yaml
 
 from .build import build_catalog
-from .errors import NAMESPACE, CatalogInvalid, ConfigError
+from .errors import NAMESPACE, CatalogInvalid, ConfigError, config_path
 from .model import Catalog
-from .settings import SECRET_KEYS
+from .settings import SECRET_HINTS, SECRET_KEYS
 
 PREFIX = NAMESPACE + ":"
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -124,16 +126,68 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return str(exc)
 
 
+#: Why a secret anywhere but in :data:`SECRET_KEYS` is refused.
+PUBLISHED_IN_CLEAR = ("is a Pulumi secret, but sgp-infra publishes this config in plain text (the catalogue "
+                      "ConfigMap, the Deployments' env and args, `render` output); only apiKeys may be a secret, so "
+                      "keep secrets such as model tokens out of sgp-infra config")
+#: Why a secret key given in clear is refused.
+NOT_A_SECRET = "is in plain text in the stack config; set it as a secret: "
+
+
+def _is_secure(value: Any) -> bool:
+    """A value as Pulumi writes a secret into a stack file: ``{secure: <ciphertext>}``."""
+    return isinstance(value, Mapping) and len(value) == 1 and isinstance(value.get("secure"), str)
+
+
+def _secure_paths(value: Any, path: tuple[Union[str, int], ...]) -> Iterator[tuple[Union[str, int], ...]]:
+    """Where ``value`` holds secrets (``pulumi config set --secret --path`` puts them anywhere)."""
+    if _is_secure(value):
+        yield path
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _secure_paths(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _secure_paths(item, (*path, index))
+
+
+def secret_errors(key: str, value: Any, secret: bool) -> list[ConfigError]:
+    """Secrets only where a secret belongs: a secret key in clear, or a secret in published config.
+
+    ``secret`` is whether Pulumi holds ``key`` as a secret (a stack file's
+    ``{secure: …}`` values are found in ``value`` itself).
+    """
+    if key in SECRET_KEYS:
+        if secret or _is_secure(value):
+            return []
+        return [ConfigError(config_path(key), NOT_A_SECRET + SECRET_HINTS[key])]
+    paths = list(_secure_paths(value, (key,)))
+    if secret and not paths:
+        paths = [(key,)]
+    return [ConfigError(config_path(*path), PUBLISHED_IN_CLEAR) for path in paths]
+
+
 def raw_from_stack_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``sgp-infra`` namespace of a parsed stack file, prefix stripped."""
+    """The ``sgp-infra`` namespace of a parsed stack file, prefix stripped.
+
+    Secret keys are left out; a secret key written in clear, or a secret
+    (``{secure: …}``) anywhere else, raises :class:`CatalogInvalid`.
+    """
     config = doc.get("config") or {}
     if not isinstance(config, Mapping):
         raise SourceError("the stack file's 'config' must be a map")
-    return {
-        key[len(PREFIX):]: value
-        for key, value in config.items()
-        if isinstance(key, str) and key.startswith(PREFIX) and key[len(PREFIX):] not in SECRET_KEYS
-    }
+    out: dict[str, Any] = {}
+    errors: list[ConfigError] = []
+    for full, value in config.items():
+        if not (isinstance(full, str) and full.startswith(PREFIX)):
+            continue
+        key = full[len(PREFIX):]
+        errors += secret_errors(key, value, secret=False)
+        if key not in SECRET_KEYS:
+            out[key] = value
+    if errors:
+        raise CatalogInvalid(errors)
+    return out
 
 
 def stray_config_keys(doc: Mapping[str, Any]) -> list[ConfigError]:
@@ -190,8 +244,13 @@ def raw_from_pulumi() -> dict[str, Any]:
 
     keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
     out: dict[str, Any] = {}
+    errors: list[ConfigError] = []
+    # The engine hands secrets over decrypted and says which keys they are: in the environment
+    # for a program it runs, through set_all_config for an inline (Automation API) program.
+    secret_keys = set(runtime_config.get_config_secret_keys_env())
     for full in sorted(k for k in keys if k.startswith(PREFIX)):
         key = full[len(PREFIX):]
+        errors += secret_errors(key, None, secret=full in secret_keys or runtime_config.is_config_secret(full))
         if key in SECRET_KEYS:
             continue
         value = runtime_config.get_config(full)
@@ -201,6 +260,8 @@ def raw_from_pulumi() -> dict[str, Any]:
             except json.JSONDecodeError as exc:
                 raise CatalogInvalid([ConfigError(full, f"is not valid JSON: {exc}")]) from None
         out[key] = value
+    if errors:
+        raise CatalogInvalid(errors)
     return out
 
 

@@ -69,10 +69,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         path = config_file_of(args)
         doc = read_stack_file(path)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         raw = raw_from_stack_doc(doc)
     except SourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except CatalogInvalid:  # a secret where none belongs: catalog_from_doc reports it below
+        raw = {}
     try:
         base = load_base(args.base, path)
     except BaseUnavailable as exc:
@@ -80,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     label = _display(path)
     try:
-        current = catalog_from_doc(doc)  # build_catalog(raw), with stray keys (`models:`) reported too
+        # build_catalog(raw), with stray keys (`models:`) and misplaced secrets reported too
+        current = catalog_from_doc(doc)
         current_plan = plan_catalog(current)  # problems only planning finds (e.g. an unplaceable GPU type)
     except CatalogInvalid as exc:
         hints = dangling_group_members(base.catalog, raw)

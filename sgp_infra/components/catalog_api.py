@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, TypedDict
 
 import pulumi
 
+from ..api_keys import ApiKeysInvalid, parse_api_keys
 from ..catalog import Catalog
 from ..plan.api import API_KEYS_KEY, CHECKSUM_ANNOTATION, api_keys_secret, api_url, plan_api
 from .resources import child_suffix, register_manifest
@@ -33,6 +34,20 @@ TYPE = "sgp-infra:index:CatalogApi"
 
 SET_KEYS_HINT = ("pulumi config set --secret sgp-infra:apiKeys '{\"<key>\": [\"<account>\"]}' "
                  "(the API refuses requests until it has keys)")
+
+
+def keys_document(value: Any) -> str:
+    """The Secret's JSON from ``sgp-infra:apiKeys``, checked as the API will read it.
+
+    A malformed value stops ``pulumi up`` here, naming the config key (never a
+    key), rather than API pods that refuse to start until the rollout times out.
+    """
+    text = json.dumps(value, sort_keys=True)
+    try:
+        parse_api_keys(text, "sgp-infra:apiKeys")
+    except ApiKeysInvalid as exc:
+        raise pulumi.RunError(f"{exc}; set it with {SET_KEYS_HINT}") from None
+    return text
 
 
 class CatalogApiArgs(TypedDict):
@@ -73,8 +88,7 @@ class CatalogApi(pulumi.ComponentResource):
             pulumi.log.warn(f"sgp-infra:apiKeys is not set; set it with {SET_KEYS_HINT}", self)
         else:
             manifest = {**api_keys_secret(ns),
-                        "stringData": {API_KEYS_KEY: pulumi.Output.secret(keys).apply(
-                            lambda value: json.dumps(value, sort_keys=True))}}
+                        "stringData": {API_KEYS_KEY: pulumi.Output.secret(keys).apply(keys_document)}}
             self.secret = register_manifest(
                 f"{name}-secret", manifest,
                 pulumi.ResourceOptions(parent=self, depends_on=depends,

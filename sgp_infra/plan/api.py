@@ -2,12 +2,13 @@
 
 One Deployment (``settings.api.replicas``, 2 by default) under the restricted
 Pod Security Standard, its Service, the published catalogue ConfigMap, a
-ServiceAccount whose Role only reads model Deployments, ReplicaSets, pods and
-EndpointSlices (and the catalogue ConfigMap) in the namespace, a PodDisruptionBudget, and,
-when ``sgp-infra:api.ingress`` asks for one, an HTTPRoute or Ingress
-(``ingress``).  The container runs ``serve`` with ``sgp-infra:api.workers``
-and every ``sgp-infra:api.limits`` value as flags; its CPU and memory scale
-with the workers unless ``sgp-infra:api.resources`` sets them.
+ServiceAccount whose Role only lists model Deployments and pods, lists and
+watches EndpointSlices and gets the catalogue ConfigMap in the namespace, a
+NetworkPolicy admitting only the API port, a PodDisruptionBudget, and, when
+``sgp-infra:api.ingress`` asks for one, an HTTPRoute or Ingress (``ingress``).
+The container runs ``serve`` with ``sgp-infra:api.workers`` and every
+``sgp-infra:api.limits`` value as flags; its CPU and memory scale with the
+workers unless ``sgp-infra:api.resources`` sets them.
 
 The pod template carries a checksum of the published catalogue, so a catalogue
 change rolls the API pods.  The API keys Secret is *not* planned with a value:
@@ -96,14 +97,20 @@ def service_account(namespace: str) -> dict[str, Any]:
 
 
 def role(namespace: str) -> dict[str, Any]:
-    read = ["get", "list", "watch"]
+    """Exactly the reads the API makes, nothing more (least privilege).
+
+    ``api/kube_status.py`` lists model Deployments and pods and gets the
+    catalogue ConfigMap; ``api/inference/endpoints.py`` lists and watches
+    EndpointSlices.  No write verb, no ``get`` where only lists are made, and
+    no ReplicaSets or Secrets.
+    """
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(API_NAME, namespace),
         "rules": [
-            {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": list(read)},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": list(read)},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
             # the inference routing's pod addresses (api/inference/endpoints.py)
-            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": list(read)},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CATALOG_CONFIGMAP], "verbs": ["get"]},
         ],
     }
@@ -216,6 +223,20 @@ def service(namespace: str) -> dict[str, Any]:
                      "ports": [{"name": API_PORT_NAME, "port": 80, "targetPort": API_PORT_NAME, "protocol": "TCP"}]}}
 
 
+def network_policy(namespace: str) -> dict[str, Any]:
+    """The API pods take traffic on the API port only.
+
+    From any source: the ingress controller or Gateway in front of it, in-cluster
+    clients and Prometheus (which scrapes ``/metrics`` on the same port) live in
+    namespaces this stack does not know.  The policy still matters: every pod the
+    stack runs is selected by a NetworkPolicy, so nothing else a future version
+    (or a debug sidecar) listens on is reachable by default.
+    """
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(API_NAME, namespace),
+            "spec": {"podSelector": {"matchLabels": api_selector()}, "policyTypes": ["Ingress"],
+                     "ingress": [{"ports": [{"protocol": "TCP", "port": API_PORT}]}]}}
+
+
 def pdb(namespace: str) -> dict[str, Any]:
     # maxUnavailable rather than minAvailable: a single replica still drains.
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(API_NAME, namespace),
@@ -231,5 +252,5 @@ def plan_api(catalog: Catalog, stack: Optional[str] = None) -> list[dict[str, An
     ns = catalog.settings.namespace
     document = catalog_document(catalog)  # serialised once: the ConfigMap's data and the checksum
     return [service_account(ns), role(ns), role_binding(ns), config_map(catalog, document),
-            deployment(catalog, document_checksum(document), stack), service(ns), pdb(ns),
+            deployment(catalog, document_checksum(document), stack), service(ns), network_policy(ns), pdb(ns),
             *plan_ingress(catalog, _meta(API_NAME, ns), API_NAME, 80)]

@@ -25,6 +25,8 @@ MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
 MODEL_NAME = "sgp-infra.io/model-name"
 MODEL_ID = "sgp-infra.io/model-id"
 TEMPLATE = "sgp-infra.io/template"
+#: On ASYNC models only: their pods run the forwarder sidecar, the only model pods the task broker admits.
+TASK_WORKER = "sgp-infra.io/task-worker"
 
 #: Annotations on a model's Deployment and Service recording how it is called, for people and
 #: tools (``kubectl describe``); the API reads the same values from the published catalogue.
@@ -42,6 +44,8 @@ SGP_NAME_ANNOTATION = "sgp-infra.io/sgp-name"
 API_POD_SELECTOR = {PART_OF_KEY: PART_OF, COMPONENT: "api"}
 #: Every model pod of a stack.
 MODEL_POD_SELECTOR = {PART_OF_KEY: PART_OF, COMPONENT: "model"}
+#: The model pods that pull tasks from the broker (ASYNC models, with their forwarder sidecar).
+TASK_WORKER_POD_SELECTOR = {**MODEL_POD_SELECTOR, TASK_WORKER: "true"}
 
 #: Label keys a catalogue entry may not set through v5 ``model_infra.labels``.
 RESERVED_PREFIXES = ("app.kubernetes.io/", "sgp-infra.io/")
@@ -79,6 +83,8 @@ def model_labels(model: Model) -> dict[str, str]:
     })
     if model.template is not None:
         labels[TEMPLATE] = label_safe(object_name(model.template.name))
+    if model.is_async:
+        labels[TASK_WORKER] = "true"
     return labels
 
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from ..catalog import Catalog, ConfigError, Model, StackSettings, config_path
-from .labels import (API_POD_SELECTOR, COMPONENT, INSTANCE, MANAGED_BY, MANAGED_BY_KEY, MODEL_POD_SELECTOR, NAME,
-                     PART_OF, PART_OF_KEY)
+from .labels import (API_POD_SELECTOR, COMPONENT, INSTANCE, MANAGED_BY, MANAGED_BY_KEY, NAME, PART_OF, PART_OF_KEY,
+                     TASK_WORKER_POD_SELECTOR)
 
 NATS_NAME = "sgp-infra-nats"
 NATS_HEADLESS = f"{NATS_NAME}-headless"
@@ -367,15 +367,17 @@ def pdb(settings: StackSettings) -> dict[str, Any]:
 def network_policy(settings: StackSettings) -> dict[str, Any]:
     """Who may reach the broker: least privilege for a server that has no auth of its own.
 
-    * the client port, from the API pods (publish, results) and the model pods
-      (their forwarder sidecars) of this stack only;
+    * the client port, from the API pods (publish, results) and the ASYNC
+      model pods (their forwarder sidecars) of this stack only: a SYNC or
+      STREAMING model's image never needs the broker, and the broker has no
+      auth to keep it from other accounts' tasks;
     * the cluster port, from the other NATS servers, when clustered;
     * the monitoring port, from KEDA's operator in any namespace (it reads the
       consumer lag there), matched by the label KEDA's chart sets.
     """
     ingress: list[dict[str, Any]] = [
         {"from": [{"podSelector": {"matchLabels": dict(API_POD_SELECTOR)}},
-                  {"podSelector": {"matchLabels": dict(MODEL_POD_SELECTOR)}}],
+                  {"podSelector": {"matchLabels": dict(TASK_WORKER_POD_SELECTOR)}}],
          "ports": [{"protocol": "TCP", "port": CLIENT_PORT}]},
         {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": dict(KEDA_OPERATOR_SELECTOR)}}],
          "ports": [{"protocol": "TCP", "port": MONITOR_PORT}]},

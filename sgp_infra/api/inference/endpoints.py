@@ -9,7 +9,7 @@ In a cluster, :class:`EndpointSliceWatcher` runs one list-then-watch of the
 namespace's ``discovery.k8s.io/v1`` EndpointSlices that carry the
 ``kubernetes.io/service-name`` label (one connection whatever the number of
 models; slices of Services that are not models' are dropped on arrival), with
-the API's service account, whose Role grants ``get/list/watch`` on
+the API's service account, whose Role grants ``list/watch`` on
 ``endpointslices`` (``plan/api.py``).  A Service's pods are the union of its
 slices' endpoints whose ``conditions.ready`` is not false (Kubernetes asks
 consumers to read an absent value as ready; a terminating pod is never

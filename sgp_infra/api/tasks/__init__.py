@@ -19,7 +19,9 @@ The hook for the v4/v5 inference routes on an ASYNC model is
 from __future__ import annotations
 
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -54,8 +56,19 @@ class CreateAsyncTask(BaseModel):
     @field_validator("callback_url")
     @classmethod
     def _http_url(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not value.startswith(("http://", "https://")):
+        """An http(s) URL with a host, checked now: the forwarder calls it only when the task ends,
+        where an unusable URL could only be logged, never reported to the client."""
+        if value is None:
+            return value
+        if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # raises ValueError on a port that is not a number in range
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if not parts.hostname:
+            raise ValueError("must name a host (http://host/path)")
         return value
 
 
@@ -92,8 +105,15 @@ async def _task_body(request: Request) -> CreateAsyncTask:
     if not raw:
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required",
                                        "input": None}])
+    # Strict JSON first, as every other route reads bodies: pydantic's own JSON parser takes NaN,
+    # Infinity and 1e999 as floats, which the task would then carry to the model as null.
     try:
-        return CreateAsyncTask.model_validate_json(raw)
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",),
+                                       "msg": f"not valid JSON ({exc})", "input": None}]) from None
+    try:
+        return CreateAsyncTask.model_validate(value)
     except ValidationError as exc:
         raise _invalid(exc, "body") from None
 
