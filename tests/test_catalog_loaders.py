@@ -125,7 +125,10 @@ def test_a_secret_in_published_config_is_refused_where_it_is(mocks: RecordingMoc
     with pytest.raises(CatalogInvalid) as from_file:
         load_file(path)
     assert list(problems(from_file)) == ["sgp-infra:models.m5.vendor_configuration.model_image.env.HF_TOKEN"]
-    assert "only apiKeys may be a secret" in str(from_file.value)
+    # The message says what to do instead: the token in sgp-infra:modelSecrets, its name in `secrets:`.
+    message = problems(from_file)["sgp-infra:models.m5.vendor_configuration.model_image.env.HF_TOKEN"]
+    assert "only apiKeys and modelSecrets may be secrets" in message
+    assert "pulumi config set --secret sgp-infra:modelSecrets" in message and "secrets: [<name>]" in message
     # The engine hands the program the decrypted value and marks the whole key secret.
     raw["models"]["m5"]["vendor_configuration"]["model_image"]["env"] = {"HF_TOKEN": "hf_live_token"}
     pulumi.runtime.set_all_config(pulumi_config_of({f"sgp-infra:{k}": v for k, v in raw.items()}),

@@ -444,6 +444,9 @@ class _Builder:
             min_workers=min_w, max_workers=max_w, per_worker=per_w, high_priority=ec.high_priority,
             inference=resolve_inference(spec.model_type, tpl.spec.inference, spec.inference),
             async_tasks=resolve_async_tasks(tpl.spec.async_tasks, spec.async_tasks),
+            # The model's own list replaces the template's (docs/kubernetes.md: least privilege).
+            secrets=tuple(spec.secrets if spec.secrets is not None else tpl.spec.secrets or ()),
+            secrets_path=base if spec.secrets is not None else ("templates", tpl.name),
         )
 
     def _resolve_v5(self, name: str, spec: ModelV5, ref: _Ref, group: Optional[str]) -> Optional[Model]:
@@ -472,6 +475,7 @@ class _Builder:
             per_worker=infra.per_worker, high_priority=infra.high_priority, labels=dict(infra.labels),
             inference=resolve_inference(spec.model_type, spec.inference),
             async_tasks=resolve_async_tasks(spec.async_tasks),
+            secrets=tuple(spec.secrets or ()), secrets_path=("models", name),
         )
 
     def _memberships(self, groups: Mapping[str, _Ref], group_specs: Mapping[str, ModelGroup],

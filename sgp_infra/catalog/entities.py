@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .quantity import parse_quantity
+from .secrets import secret_name_problem
 
 # --- enums, spelled as the API documents them --------------------------------
 
@@ -56,7 +57,25 @@ def _positive_quantity(value: Any) -> Any:
     return value
 
 
+def _secret_name(value: str) -> str:
+    problem = secret_name_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _distinct(names: list[str]) -> list[str]:
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"names {', '.join(repr(n) for n in twice)} more than once; list each secret once")
+    return names
+
+
 Quantity = Annotated[str, AfterValidator(_quantity)]
+#: The ``secrets`` extension: names of ``sgp-infra:modelSecrets`` entries (docs/kubernetes.md).
+SecretNames = Annotated[list[Annotated[str, AfterValidator(_secret_name)]], AfterValidator(_distinct)]
+_SECRETS_DOC = ("sgp-infra extension: names of sgp-infra:modelSecrets entries whose variables the model container "
+                "gets (envFrom a Kubernetes Secret); set on a model, it replaces the template's list.")
 Cpus = Annotated[Union[int, str], AfterValidator(_positive_quantity)]
 EnvValue = Union[str, int, float, bool]
 
@@ -264,6 +283,9 @@ class ModelTemplate(_Entity):
         default=None, description="sgp-infra extension: inference defaults for the template's models.")
     async_tasks: Optional[AsyncTaskOptions] = Field(
         default=None, description="sgp-infra extension: ASYNC task defaults for the template's models.")
+    secrets: Optional[SecretNames] = Field(
+        default=None, description="sgp-infra extension: names of sgp-infra:modelSecrets entries whose variables "
+                                  "the template's models' containers get, unless a model lists its own.")
 
 
 # --- v4 models (scale-gp ModelCreateParams) ----------------------------------
@@ -299,7 +321,8 @@ class ModelV4(_Entity):
     extensions: per-model scaling bounds that override the template's
     ``endpoint_config`` (``pulumi config set --path
     'sgp-infra:models.<name>.min_workers' 2``); so are ``inference`` and
-    ``async_tasks``, which override the template's field by field.
+    ``async_tasks``, which override the template's field by field, and
+    ``secrets``, which replaces the template's list.
     """
 
     model_type: ModelType = Field(description="The type of model; must be the template's model_type.")
@@ -328,6 +351,7 @@ class ModelV4(_Entity):
         default=None, description="sgp-infra extension: overrides the template's inference options field by field.")
     async_tasks: Optional[AsyncTaskOptions] = Field(
         default=None, description="sgp-infra extension: overrides the template's async_tasks field by field.")
+    secrets: Optional[SecretNames] = Field(default=None, description=_SECRETS_DOC)
 
 
 # --- v5 models (scale-gp-beta LaunchVendorConfiguration, seed 004) -----------
@@ -398,6 +422,9 @@ class ModelV5(_Entity):
         default=None, description="sgp-infra extension: how the API serves the model's inference.")
     async_tasks: Optional[AsyncTaskOptions] = Field(
         default=None, description="sgp-infra extension: ASYNC task limits and result retention.")
+    secrets: Optional[SecretNames] = Field(
+        default=None, description="sgp-infra extension: names of sgp-infra:modelSecrets entries whose variables "
+                                  "the model container gets (envFrom a Kubernetes Secret).")
 
 
 # --- model groups (seed 003, scale-gp ModelGroupCreateParams) ----------------

@@ -129,6 +129,10 @@ class Model:
     #: sgp-infra extensions, resolved (template defaults, then the model's own).
     inference: ModelInference = field(default_factory=ModelInference)
     async_tasks: AsyncTasks = field(default_factory=AsyncTasks)
+    #: Names of ``sgp-infra:modelSecrets`` entries the container gets (the model's list, else its template's).
+    secrets: tuple[str, ...] = ()
+    #: Where ``secrets`` was written: ``("models", name)`` or ``("templates", template)``.
+    secrets_path: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:

@@ -13,13 +13,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .naming import is_dns1123_label
 from .quantity import parse_quantity
+from .secrets import MODEL_SECRETS_HINT, MODEL_SECRETS_KEY
 
 #: Keys whose values are secrets: never read into the catalogue (which is
 #: published to the cluster and printed by the CLI).  They are read through
-#: ``pulumi.Config.get_secret_object`` by the component that needs them.
-SECRET_KEYS = frozenset({"apiKeys"})
+#: ``pulumi.Config`` by the component that needs them and stay Pulumi secrets.
+SECRET_KEYS = frozenset({"apiKeys", MODEL_SECRETS_KEY})
 #: How to set each secret key (the hint of its config errors).
-SECRET_HINTS = {"apiKeys": "pulumi config set --secret sgp-infra:apiKeys '{\"<key>\": [\"<account>\"]}'"}
+SECRET_HINTS = {"apiKeys": "pulumi config set --secret sgp-infra:apiKeys '{\"<key>\": [\"<account>\"]}'",
+                MODEL_SECRETS_KEY: MODEL_SECRETS_HINT}
+#: Each secret key's shape and meaning, for the schema and the generated reference.
+SECRET_DOCS = {
+    "apiKeys": ('{"<key>": ["<account>", ...]}', "API keys and the accounts each may see."),
+    MODEL_SECRETS_KEY: ('{"<name>": {"<ENV_VAR>": "<value>", ...}, ...}',
+                        "Environment variables of model containers (tokens such as HF_TOKEN), by secret name; "
+                        "a template or model lists the names its container gets in its secrets field "
+                        "(docs/kubernetes.md)."),
+}
 
 #: The catalogue maps, validated entry by entry.
 CATALOG_KEYS = ("templates", "models", "modelGroups")

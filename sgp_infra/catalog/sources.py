@@ -21,6 +21,7 @@ import yaml
 from .build import build_catalog
 from .errors import NAMESPACE, CatalogInvalid, ConfigError, config_path
 from .model import Catalog
+from .secrets import MODEL_SECRETS_HINT, MODEL_SECRETS_KEY
 from .settings import SECRET_HINTS, SECRET_KEYS
 
 PREFIX = NAMESPACE + ":"
@@ -128,8 +129,10 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 
 #: Why a secret anywhere but in :data:`SECRET_KEYS` is refused.
 PUBLISHED_IN_CLEAR = ("is a Pulumi secret, but sgp-infra publishes this config in plain text (the catalogue "
-                      "ConfigMap, the Deployments' env and args, `render` output); only apiKeys may be a secret, so "
-                      "keep secrets such as model tokens out of sgp-infra config")
+                      "ConfigMap, the Deployments' env and args, `render` output); only apiKeys and modelSecrets "
+                      "may be secrets. Put a model's token in sgp-infra:modelSecrets ("
+                      + MODEL_SECRETS_HINT + ") and list its name in the template's or model's secrets "
+                      "(secrets: [<name>]): its container gets the variables from a Kubernetes Secret")
 #: Why a secret key given in clear is refused.
 NOT_A_SECRET = "is in plain text in the stack config; set it as a secret: "
 
@@ -151,14 +154,24 @@ def _secure_paths(value: Any, path: tuple[Union[str, int], ...]) -> Iterator[tup
             yield from _secure_paths(item, (*path, index))
 
 
+def _secret_leaves(value: Any) -> bool:
+    """A non-empty map whose every leaf is a secret: ``pulumi config set --secret --path`` per variable."""
+    if _is_secure(value):
+        return True
+    return isinstance(value, Mapping) and bool(value) and all(_secret_leaves(v) for v in value.values())
+
+
 def secret_errors(key: str, value: Any, secret: bool) -> list[ConfigError]:
     """Secrets only where a secret belongs: a secret key in clear, or a secret in published config.
 
     ``secret`` is whether Pulumi holds ``key`` as a secret (a stack file's
-    ``{secure: …}`` values are found in ``value`` itself).
+    ``{secure: …}`` values are found in ``value`` itself).  ``modelSecrets``
+    may also be set variable by variable (``--secret --path
+    'sgp-infra:modelSecrets.hf.HF_TOKEN'``): its names are then in clear, its
+    values secret.  ``apiKeys`` may not: its keys *are* the secrets.
     """
     if key in SECRET_KEYS:
-        if secret or _is_secure(value):
+        if secret or _is_secure(value) or (key == MODEL_SECRETS_KEY and _secret_leaves(value)):
             return []
         return [ConfigError(config_path(key), NOT_A_SECRET + SECRET_HINTS[key])]
     paths = list(_secure_paths(value, (key,)))

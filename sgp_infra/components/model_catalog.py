@@ -1,15 +1,17 @@
-"""``ModelCatalog``: a whole catalogue — namespace, shared objects, one ModelEndpoint per model."""
+"""``ModelCatalog``: a whole catalogue — namespace, shared objects, the model secrets' Secrets
+(``ModelSecrets``), one ModelEndpoint per model."""
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Mapping, Optional, TypedDict
 
 import pulumi
 
 from ..catalog import Catalog
 from ..plan import Plan, plan_catalog
 from .model_endpoint import ModelEndpoint, ModelEndpointArgs
+from .model_secrets import ModelSecrets, ModelSecretsArgs, checked_values, configured_values
 from .resources import register_manifest
 
 if sys.version_info >= (3, 11):
@@ -27,6 +29,9 @@ class ModelCatalogArgs(TypedDict):
     """The validated catalogue (``sgp_infra.catalog.load_pulumi()``)."""
     plan: NotRequired[Plan]
     """Its plan, when the caller already made one (planning raises CatalogInvalid)."""
+    model_secrets: NotRequired[Optional[Mapping[str, Mapping[str, str]]]]
+    """``{name: {ENV_VAR: value}}`` for the models' ``secrets``; defaults to the secret config
+    ``sgp-infra:modelSecrets``."""
 
 
 def shared_suffix(manifest: dict[str, Any]) -> str:
@@ -46,9 +51,11 @@ class ModelCatalog(pulumi.ComponentResource):
         endpoints: dict[str, ModelEndpoint]
 
     def __init__(self, name: str, args: ModelCatalogArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
-        super().__init__(TYPE, name, None, opts)
         catalog = args["catalog"]
         plan = args["plan"] if "plan" in args else plan_catalog(catalog)
+        # Checked before anything is registered: a model naming a missing secret stops the program here.
+        checked_values(catalog, args["model_secrets"] if "model_secrets" in args else configured_values())
+        super().__init__(TYPE, name, None, opts)
         self.shared: dict[str, pulumi.CustomResource] = {}
         namespace: Optional[pulumi.CustomResource] = None
         for manifest in plan.shared:
@@ -64,12 +71,21 @@ class ModelCatalog(pulumi.ComponentResource):
         namespace_name: str = plan.namespace
         self.namespace = (namespace.urn.apply(lambda _: namespace_name) if namespace is not None
                           else pulumi.Output.from_input(plan.namespace))
+        secrets_args: ModelSecretsArgs = {"catalog": catalog}
+        if "model_secrets" in args:
+            secrets_args["values"] = args["model_secrets"]
+        if namespace is not None:
+            secrets_args["namespace"] = namespace
+        #: The Secrets of ``sgp-infra:modelSecrets`` entries that models list.
+        self.model_secrets = ModelSecrets(f"{name}-secrets", secrets_args, pulumi.ResourceOptions(parent=self))
         self.endpoints = {}
         for model_name, model_plan in plan.models.items():
-            endpoint_args: ModelEndpointArgs = {"model": catalog.models[model_name], "settings": catalog.settings,
-                                                "plan": model_plan}
+            model = catalog.models[model_name]
+            endpoint_args: ModelEndpointArgs = {"model": model, "settings": catalog.settings, "plan": model_plan}
             if namespace is not None:
                 endpoint_args["namespace"] = namespace
+            if model.secrets:
+                endpoint_args["secrets"] = [self.model_secrets.secrets[s] for s in model.secrets]
             self.endpoints[model_name] = ModelEndpoint(f"{name}-{model_plan.object_name}", endpoint_args,
                                                        pulumi.ResourceOptions(parent=self))
         self.urls = pulumi.Output.all(**{n: e.url for n, e in self.endpoints.items()}) if self.endpoints \

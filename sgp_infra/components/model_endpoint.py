@@ -31,6 +31,8 @@ class ModelEndpointArgs(TypedDict):
     """The Namespace resource the model's objects must wait for, when it is created alongside."""
     plan: NotRequired[ModelPlan]
     """The model's plan when the caller already planned the catalogue."""
+    secrets: NotRequired[list[pulumi.Resource]]
+    """The Secrets its container's ``envFrom`` names (``ModelSecrets``): the Deployment waits for them."""
 
 
 def plan_for(args: ModelEndpointArgs) -> ModelPlan:
@@ -74,6 +76,8 @@ class ModelEndpoint(pulumi.ComponentResource):
             child_opts = pulumi.ResourceOptions(parent=self, depends_on=depends_on)
             if manifest["kind"] == "Deployment":
                 child_opts.custom_timeouts = pulumi.CustomTimeouts(create=timeout, update=timeout)
+                if "secrets" in args:
+                    child_opts.depends_on = [*(depends_on or []), *args["secrets"]]
             self.resources[suffix] = register_manifest(f"{name}-{suffix}", manifest, child_opts)
         # Known from the plan, so they are known in previews too.
         self.url = pulumi.Output.from_input(planned.service_url)

@@ -16,6 +16,7 @@ from .constants import (
 )
 from .gpu import Placement
 from .labels import model_labels, model_metadata, selector_labels
+from .secrets import env_from
 
 CONTAINER_NAME = "model"
 PROBE_PERIOD_SECONDS = 10
@@ -108,6 +109,9 @@ def container(model: Model, placement: Placement) -> dict[str, Any]:
         spec["command"] = cmd
     if model.env:
         spec["env"] = [{"name": k, "value": v} for k, v in model.env.items()]
+    if model.secrets:
+        # Tokens from sgp-infra:modelSecrets: referenced, never inlined (plan/secrets.py).
+        spec["envFrom"] = env_from(model)
     spec["ports"] = [{"name": MODEL_PORT_NAME, "containerPort": MODEL_PORT, "protocol": "TCP"}]
     spec["resources"] = resources(model, placement)
     spec.update(probes(model))
