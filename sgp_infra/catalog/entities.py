@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from .quantity import parse_quantity
-from .secrets import secret_name_problem
+from .secrets import MAX_SECRET_NAME, secret_name_problem
 
 # --- enums, spelled as the API documents them --------------------------------
 
@@ -73,7 +73,9 @@ def _distinct(names: list[str]) -> list[str]:
 
 Quantity = Annotated[str, AfterValidator(_quantity)]
 #: The ``secrets`` extension: names of ``sgp-infra:modelSecrets`` entries (docs/kubernetes.md).
-SecretNames = Annotated[list[Annotated[str, AfterValidator(_secret_name)]], AfterValidator(_distinct)]
+_SECRET_NAME_SCHEMA = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": MAX_SECRET_NAME}
+SecretNames = Annotated[list[Annotated[str, AfterValidator(_secret_name)]], AfterValidator(_distinct),
+                        WithJsonSchema({"type": "array", "items": _SECRET_NAME_SCHEMA, "uniqueItems": True})]
 _SECRETS_DOC = ("sgp-infra extension: names of sgp-infra:modelSecrets entries whose variables the model container "
                 "gets (envFrom a Kubernetes Secret); set on a model, it replaces the template's list.")
 Cpus = Annotated[Union[int, str], AfterValidator(_positive_quantity)]

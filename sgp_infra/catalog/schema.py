@@ -10,8 +10,8 @@ does not; they are committed (``schema/stack.schema.json``,
 
 The schema describes a whole Pulumi stack file: its ``config:`` map holds the
 ``sgp-infra:*`` keys (settings beside the ``templates``, ``models`` and
-``modelGroups`` maps, and the secret ``apiKeys`` as Pulumi's ``secure:``
-value); other namespaces' keys (``kubernetes:*``, ``pulumi:*``…) are left
+``modelGroups`` maps, and the secrets ``apiKeys`` and ``modelSecrets`` as
+Pulumi's ``secure:`` values); other namespaces' keys (``kubernetes:*``, ``pulumi:*``…) are left
 alone, and an unknown ``sgp-infra:*`` key is an error.  Scalar settings also
 take the strings ``pulumi config set`` writes (``"true"``, ``"2"``), as the
 validator does.
@@ -27,7 +27,8 @@ from pydantic.json_schema import models_json_schema
 
 from .entities import ModelGroup, ModelTemplate, ModelV4, ModelV5
 from .errors import NAMESPACE
-from .settings import SECRET_KEYS, StackSettings
+from .secrets import MODEL_SECRETS_KEY
+from .settings import SECRET_DOCS, SECRET_KEYS, StackSettings
 
 SCHEMA_PATH = "schema/stack.schema.json"
 REFERENCE_PATH = "docs/catalogue.md"
@@ -99,15 +100,21 @@ def stack_schema() -> dict[str, Any]:
             "description": f"The stack's {label} entries, keyed by name.",
             "additionalProperties": refs[0] if len(refs) == 1 else {"anyOf": refs},
         }
+    secure = {"type": "object", "properties": {"secure": {"type": "string"}}, "required": ["secure"],
+              "additionalProperties": False}
     for key in sorted(SECRET_KEYS):
+        shape, meaning = SECRET_DOCS[key]
         config_props[prefix + key] = {
-            "description": "Secret (pulumi config set --secret): API keys and the accounts each may see, "
-                           "{\"<key>\": [\"<account>\", ...]}, stored encrypted as Pulumi's secure value.",
-            "type": "object",
-            "properties": {"secure": {"type": "string"}},
-            "required": ["secure"],
-            "additionalProperties": False,
+            "description": f"Secret (pulumi config set --secret): {meaning} {shape}, stored encrypted as "
+                           "Pulumi's secure value.",
+            **secure,
         }
+    # modelSecrets may also be set variable by variable (--secret --path): names in clear, values secure.
+    config_props[prefix + MODEL_SECRETS_KEY] = {
+        "description": config_props[prefix + MODEL_SECRETS_KEY]["description"],
+        "anyOf": [secure, {"type": "object", "minProperties": 1, "additionalProperties": {
+            "type": "object", "minProperties": 1, "additionalProperties": secure}}],
+    }
     config = {
         "type": "object",
         "description": "Stack configuration: sgp-infra's keys, and any other namespace's.",
@@ -273,10 +280,10 @@ def reference_markdown() -> str:
         types = " or ".join(f"[{c.__name__}](#{c.__name__.lower()})" for c in entry_classes)
         lines.append(f"| `{key}` | map of {types} | `{{}}` | The stack's {label} entries, keyed by name. |")
     for key in sorted(SECRET_KEYS):
-        lines.append(f"| `{key}` | secret: `{{\"<key>\": [\"<account>\", ...]}}` | — | API keys and the accounts "
-                     "each may see; set with `pulumi config set --secret` (in clear it is an error). The only "
-                     "key that may be a secret: the others are published in plain text, so a secret in them "
-                     "is an error too. |")
+        shape, meaning = SECRET_DOCS[key]
+        lines.append(f"| `{key}` | secret: `{shape}` | — | {_cell(meaning)} Set with `pulumi config set --secret` "
+                     "(in clear it is an error). Only apiKeys and modelSecrets may be secrets: the other keys are "
+                     "published in plain text, so a secret in them is an error too. |")
     lines += [
         "",
         "## Which entity takes which field",

@@ -15,6 +15,7 @@ from typing import IO, Any, Iterable
 
 import yaml
 
+from ..catalog import Catalog
 from .common import EXIT_USAGE, add_source_args, try_load_planned
 
 HELP = "write a stack's Kubernetes manifests as YAML: one file per object, or one stream with --out -"
@@ -31,6 +32,11 @@ multi-document stream to stdout. An invalid catalogue prints every problem
 with its config path, exits 1 and writes nothing. Files in DIR that an
 earlier render wrote (NNN-<kind>-<name>.yaml) and this one did not are
 removed, so DIR holds exactly the current objects; other files are left alone.
+
+Secrets are never rendered: the API keys Secret and the Secrets of
+sgp-infra:modelSecrets that models list (secrets: [<name>]) are created by
+`pulumi up` from Pulumi secret config. The model Deployments reference them
+(envFrom sgp-infra-model-secret-<name>), and a note on stderr names them.
 
 examples:
   python -m sgp_infra render --stack dev --out rendered/dev
@@ -142,10 +148,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def secrets_note(catalog: Catalog) -> str | None:
+    """What the rendered Deployments need that is not rendered: the model secrets' Secrets, or ``None``."""
+    from ..plan.secrets import model_secret_name, used_secrets
+
+    used = used_secrets(catalog)
+    if not used:
+        return None
+    names = ", ".join(model_secret_name(s) for s in used)
+    return (f"note: model Deployments reference Secrets that are not rendered ({names}): `pulumi up` creates them "
+            "from the Pulumi secret sgp-infra:modelSecrets; applied without them, those pods wait")
+
+
 def run(args: argparse.Namespace) -> int:
     catalog, manifests, code = try_load_planned(args)
     if catalog is None:
         return code
+    note = secrets_note(catalog)
+    if note:
+        print(note, file=sys.stderr)
     if args.out == "-":
         try:
             yaml.dump_all(manifests, sys.stdout, Dumper=Dumper, sort_keys=False, default_flow_style=False)
