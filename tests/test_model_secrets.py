@@ -17,11 +17,12 @@ import pulumi
 import pytest
 import yaml
 
-from plan_fixtures import ROOT, STACKS, container, find, plan_raw, raw_catalog
+from plan_fixtures import ROOT, STACKS, container, find, plan_raw, pod_spec, raw_catalog
 from sgp_infra.catalog import CatalogInvalid, build_catalog, load_file, load_pulumi
 from sgp_infra.catalog.secrets import MODEL_SECRET_PREFIX, model_secrets_problems
 from sgp_infra.catalog.sources import raw_from_stack_doc
 from sgp_infra.cli import main
+from sgp_infra.components import ModelCatalog
 from sgp_infra.plan import plan_catalog
 from sgp_infra.plan.secrets import env_from, model_secret, model_secret_name, model_secret_problems, used_secrets
 from test_components import Recorder, RecordingMonitor, engine_config
@@ -123,6 +124,10 @@ def test_the_planner_gives_each_secret_s_metadata_and_each_container_its_env_fro
                                                 {"secretRef": {"name": "sgp-infra-model-secret-s3-creds"}}]
     assert container(plan, "m4")["envFrom"] == [{"secretRef": {"name": "sgp-infra-model-secret-hf"}}]
     # Only the model container: an ASYNC pod's forwarder sidecar never gets the model's tokens.
+    raw = secret_catalog()
+    raw["models"]["m5"]["vendor_configuration"]["model_infra"]["endpoint_type"] = "async"
+    [model_container, forwarder] = pod_spec(plan_raw(raw), "m5")["containers"]
+    assert len(model_container["envFrom"]) == 2 and "envFrom" not in forwarder
     plain = plan_raw(raw_catalog())
     assert "envFrom" not in container(plain, "m4")
     assert not [m for m in plan.manifests if m["kind"] == "Secret"]  # the planner's manifests hold no Secret
@@ -280,3 +285,37 @@ def test_render_plans_the_env_from_and_writes_no_secret(tmp_path: Path, capsys: 
     assert deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"] == env_from(user)
     assert deployment == find(plan_catalog(catalog), "Deployment", user.object_name)
     assert "sgp-infra-model-secret-hf" in captured.err and "pulumi up" in captured.err
+
+
+# -- the components as a library ------------------------------------------------------------------
+
+
+@pulumi.runtime.test
+def test_model_catalog_takes_the_values_as_an_argument(recorder: Any) -> Any:
+    catalog = build_catalog(secret_catalog())
+    values = {"hf": {"HF_TOKEN": TOKEN}, "s3-creds": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "k"}}
+    models = ModelCatalog("lib", {"catalog": catalog, "model_secrets": values})
+    assert sorted(models.model_secrets.secrets) == ["hf", "s3-creds"]
+
+    def check(_: Any) -> None:
+        typ, secret = recorder.registered["lib-secrets-hf"]
+        assert typ == "kubernetes:core/v1:Secret"
+        assert secret["metadata"]["name"] == "sgp-infra-model-secret-hf"
+        assert secret["stringData"][pulumi.runtime.rpc._special_sig_key] == pulumi.runtime.rpc._special_secret_sig
+        assert secret["stringData"]["value"] == {"HF_TOKEN": TOKEN}
+        others = {n: inputs for n, (_t, inputs) in recorder.registered.items() if n != "lib-secrets-hf"}
+        assert TOKEN not in json.dumps(others, default=str)
+
+    urns = [s.urn for s in models.model_secrets.secrets.values()] + [e.urn for e in models.endpoints.values()]
+    return pulumi.Output.all(*urns).apply(check)
+
+
+def test_model_catalog_refuses_a_listed_secret_its_values_lack(recorder: Any) -> None:
+    catalog = build_catalog(secret_catalog())
+    with pytest.raises(pulumi.RunError) as caught:
+        ModelCatalog("lib", {"catalog": catalog, "model_secrets": {"hf": {"HF_TOKEN": TOKEN}}})
+    assert "sgp-infra:models.m5.secrets[1]: no secret 's3-creds'" in str(caught.value)
+    assert TOKEN not in str(caught.value) and not recorder.registered
+    with pytest.raises(pulumi.RunError) as caught:
+        ModelCatalog("lib", {"catalog": catalog, "model_secrets": {"hf": TOKEN, "s3-creds": {"A": "b"}}})
+    assert "sgp-infra:modelSecrets.hf: must be a non-empty map" in str(caught.value) and TOKEN not in str(caught.value)

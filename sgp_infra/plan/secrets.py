@@ -75,28 +75,29 @@ def model_secret_problems(catalog: Catalog, variables: Optional[Mapping[str, Ite
     reported: set[tuple[tuple[str, ...], str]] = set()
     for name in sorted(catalog.models):
         model = catalog.models[name]
+        where = model.secrets_path or model.path_parts
         seen: dict[str, str] = {}
         for index, secret in enumerate(model.secrets):
             if secret not in available:
-                if (model.secrets_path, secret) in reported:
+                if (where, secret) in reported:
                     continue  # a template's list: reported once, not for each of its models
-                reported.add((model.secrets_path, secret))
+                reported.add((where, secret))
                 known = ", ".join(sorted(available)) or "none"
-                used_by = "" if model.secrets_path[0] == "models" else f" (used by model '{name}')"
+                used_by = "" if where[0] == "models" else f" (used by model '{name}')"
                 errors.append(ConfigError(
-                    config_path(*model.secrets_path, "secrets", index),
+                    config_path(*where, "secrets", index),
                     f"no secret '{secret}' in {config_path(MODEL_SECRETS_KEY)}{used_by} (secrets: {known}); "
                     f"set it with {MODEL_SECRETS_HINT}"))
                 continue
             for var in available[secret]:
                 if var in model.env:
                     errors.append(ConfigError(
-                        config_path(*model.secrets_path, "secrets", index),
+                        config_path(*where, "secrets", index),
                         f"secret '{secret}' sets {var}, which model '{name}' also sets in its plain env "
                         "(that value would win); remove one"))
                 elif var in seen:
                     errors.append(ConfigError(
-                        config_path(*model.secrets_path, "secrets", index),
+                        config_path(*where, "secrets", index),
                         f"secret '{secret}' sets {var}, which secret '{seen[var]}' of model '{name}' also sets; "
                         "a variable comes from one secret"))
                 seen.setdefault(var, secret)
