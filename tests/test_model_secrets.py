@@ -319,3 +319,23 @@ def test_model_catalog_refuses_a_listed_secret_its_values_lack(recorder: Any) ->
     with pytest.raises(pulumi.RunError) as caught:
         ModelCatalog("lib", {"catalog": catalog, "model_secrets": {"hf": TOKEN, "s3-creds": {"A": "b"}}})
     assert "sgp-infra:modelSecrets.hf: must be a non-empty map" in str(caught.value) and TOKEN not in str(caught.value)
+
+
+def test_the_stack_schema_agrees_on_model_secrets() -> None:
+    import jsonschema
+
+    from sgp_infra.catalog.schema import stack_schema
+
+    validator = jsonschema.Draft202012Validator(stack_schema())
+    config = {f"sgp-infra:{k}": v for k, v in secret_catalog().items()}
+
+    def schema_errors(**extra: Any) -> list[str]:
+        return [e.message for e in validator.iter_errors({"config": {**config, **extra}})]
+
+    assert schema_errors() == []
+    assert schema_errors(**{"sgp-infra:modelSecrets": {"secure": "v1:abc"}}) == []
+    assert schema_errors(**{"sgp-infra:modelSecrets": {"hf": {"HF_TOKEN": {"secure": "v1:abc"}}}}) == []
+    assert schema_errors(**{"sgp-infra:modelSecrets": {"hf": {"HF_TOKEN": "in clear"}}})
+    bad = copy.deepcopy(config)
+    bad["sgp-infra:models"]["m5"]["secrets"] = ["HF"]
+    assert [e.message for e in validator.iter_errors({"config": bad})]
