@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 import httpx
 import pytest
 
-from api_helpers import ACME_KEY, API_KEYS, ROOT, make_catalog, running
+from api_helpers import ACME_KEY, API_KEYS, ROOT, free_port, make_catalog, running, wait_ready
 from sgp_infra.api import create_app
 from sgp_infra.catalog.settings import ApiLimits
 
@@ -64,15 +64,9 @@ class Api:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api() -> Iterator[Api]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SGP_INFRA_API_KEYS": json.dumps({KEY: ["dev-account"]})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "sgp_infra", "serve", "--stack", "dev", "--port", str(port), "--status", "none",
@@ -81,15 +75,7 @@ def api() -> Iterator[Api]:
          "--max-header-bytes", str(MAX_HEADER_BYTES), "--max-headers", str(MAX_HEADERS)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:  # stopped even when it does not start in time (it would outlive the suite)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.1)
+        wait_ready(proc, port)
         yield Api(proc, port)
     finally:
         proc.terminate()

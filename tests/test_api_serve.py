@@ -13,28 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import scale_gp_beta
 
-from api_helpers import ROOT
+from api_helpers import ROOT, free_port, wait_ready
 from sgp_infra.catalog import load_file
 from sgp_infra.cli.serve import unknown_backend_error, unrouted_models_note
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(proc: subprocess.Popen[str], port: int) -> None:
-    """Return once ``serve`` answers /readyz on ``port``; fail if it exits or takes over 30 s."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
-        time.sleep(0.1)
 
 
 def test_serve_dev_stack_with_the_dev_key() -> None:

@@ -25,7 +25,7 @@ from sgp_infra.catalog import load_file
 from sgp_infra.catalog.sources import stack_name_of
 from sgp_infra.cli.serve import write_target
 from sgp_infra.plan.api import STACK_ENV, plan_api
-from test_api_serve import free_port, wait_ready
+from api_helpers import free_port, wait_ready
 
 DEV = ROOT / "stacks" / "Pulumi.dev.yaml"
 KEY = "k-0123456789"
