@@ -36,10 +36,11 @@ if render_dir:
     opts = pulumi.ResourceOptions(provider=provider)
 
 models = ModelCatalog("sgp-infra", {"catalog": catalog, "plan": plan}, opts=opts)
-# The API serves this catalogue; its keys come from the secret sgp-infra:apiKeys.
+# The API serves this catalogue; its keys come from the secret sgp-infra:apiKeys (and its NATS
+# credentials from the Secret of sgp-infra:natsCredentials, which ModelCatalog creates).
 namespace = models.namespace_resource
-api = CatalogApi("sgp-infra-api", {"catalog": catalog, **({"namespace": namespace} if namespace else {})},
-                 opts=opts)
+api = CatalogApi("sgp-infra-api", {"catalog": catalog, **({"namespace": namespace} if namespace else {}),
+                                   "nats_credentials": models.nats_credentials}, opts=opts)
 
 pulumi.export("catalog", {
     "summary": catalog.summary(),

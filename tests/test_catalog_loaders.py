@@ -127,7 +127,7 @@ def test_a_secret_in_published_config_is_refused_where_it_is(mocks: RecordingMoc
     assert list(problems(from_file)) == ["sgp-infra:models.m5.vendor_configuration.model_image.env.HF_TOKEN"]
     # The message says what to do instead: the token in sgp-infra:modelSecrets, its name in `secrets:`.
     message = problems(from_file)["sgp-infra:models.m5.vendor_configuration.model_image.env.HF_TOKEN"]
-    assert "only apiKeys and modelSecrets may be secrets" in message
+    assert "only apiKeys, modelSecrets and natsCredentials may be secrets" in message
     assert "pulumi config set --secret sgp-infra:modelSecrets" in message and "secrets: [<name>]" in message
     # The engine hands the program the decrypted value and marks the whole key secret.
     raw["models"]["m5"]["vendor_configuration"]["model_image"]["env"] = {"HF_TOKEN": "hf_live_token"}

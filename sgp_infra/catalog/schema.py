@@ -10,7 +10,7 @@ does not; they are committed (``schema/stack.schema.json``,
 
 The schema describes a whole Pulumi stack file: its ``config:`` map holds the
 ``sgp-infra:*`` keys (settings beside the ``templates``, ``models`` and
-``modelGroups`` maps, and the secrets ``apiKeys`` and ``modelSecrets`` as
+``modelGroups`` maps, and the secrets ``apiKeys``, ``modelSecrets`` and ``natsCredentials`` as
 Pulumi's ``secure:`` values); other namespaces' keys (``kubernetes:*``, ``pulumi:*``…) are left
 alone, and an unknown ``sgp-infra:*`` key is an error.  Scalar settings also
 take the strings ``pulumi config set`` writes (``"true"``, ``"2"``), as the
@@ -282,8 +282,8 @@ def reference_markdown() -> str:
     for key in sorted(SECRET_KEYS):
         shape, meaning = SECRET_DOCS[key]
         lines.append(f"| `{key}` | secret: `{shape}` | — | {_cell(meaning)} Set with `pulumi config set --secret` "
-                     "(in clear it is an error). Only apiKeys and modelSecrets may be secrets: the other keys are "
-                     "published in plain text, so a secret in them is an error too. |")
+                     "(in clear it is an error). Only apiKeys, modelSecrets and natsCredentials may be secrets: the "
+                     "other keys are published in plain text, so a secret in them is an error too. |")
     lines += [
         "",
         "## Which entity takes which field",

@@ -13,15 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .naming import is_dns1123_label
 from .quantity import parse_quantity
+from .nats_credentials import NATS_CREDENTIALS_HINT, NATS_CREDENTIALS_KEY
 from .secrets import MODEL_SECRETS_HINT, MODEL_SECRETS_KEY
 
 #: Keys whose values are secrets: never read into the catalogue (which is
 #: published to the cluster and printed by the CLI).  They are read through
 #: ``pulumi.Config`` by the component that needs them and stay Pulumi secrets.
-SECRET_KEYS = frozenset({"apiKeys", MODEL_SECRETS_KEY})
+SECRET_KEYS = frozenset({"apiKeys", MODEL_SECRETS_KEY, NATS_CREDENTIALS_KEY})
 #: How to set each secret key (the hint of its config errors).
 SECRET_HINTS = {"apiKeys": "pulumi config set --secret sgp-infra:apiKeys '{\"<key>\": [\"<account>\"]}'",
-                MODEL_SECRETS_KEY: MODEL_SECRETS_HINT}
+                MODEL_SECRETS_KEY: MODEL_SECRETS_HINT, NATS_CREDENTIALS_KEY: NATS_CREDENTIALS_HINT}
 #: Each secret key's shape and meaning, for the schema and the generated reference.
 SECRET_DOCS = {
     "apiKeys": ('{"<key>": ["<account>", ...]}', "API keys and the accounts each may see."),
@@ -29,6 +30,9 @@ SECRET_DOCS = {
                         "Environment variables of model containers (tokens such as HF_TOKEN), by secret name; "
                         "a template or model lists the names its container gets in its secrets field "
                         "(docs/kubernetes.md)."),
+    NATS_CREDENTIALS_KEY: ('{"token": "<token>"} or {"user": "<user>", "password": "<password>"}',
+                           "Credentials of the existing NATS named by async.natsUrl (docs/async.md); an error "
+                           "without natsUrl."),
 }
 
 #: The catalogue maps, validated entry by entry.
@@ -201,7 +205,8 @@ class AsyncSettings(BaseModel):
 
     nats_url: Optional[str] = Field(default=None, alias="natsUrl",
                                     description="URL of an existing NATS with JetStream (nats://host:4222), without "
-                                                "credentials; unset: an in-cluster NATS is planned.")
+                                                "credentials (they go in the secret natsCredentials); unset: an "
+                                                "in-cluster NATS is planned.")
     monitoring_endpoint: Optional[str] = Field(
         default=None, alias="monitoringEndpoint",
         description="host:port of the existing NATS's monitoring endpoint, where KEDA's nats-jetstream scaler "
@@ -222,8 +227,8 @@ class AsyncSettings(BaseModel):
         # Checked before the URL is echoed in any message: it may hold the credentials.
         if "@" in value.split("://", 1)[-1].split("/", 1)[0]:
             raise ValueError("holds credentials (user:password@ or token@), which would be published in plain "
-                             "text: in the catalogue ConfigMap and the ASYNC Deployments' args; sgp-infra has "
-                             "no NATS credentials setting, so use a NATS that admits the stack's pods without them")
+                             "text: in the catalogue ConfigMap and the ASYNC Deployments' args; put them in the "
+                             f"secret sgp-infra:{NATS_CREDENTIALS_KEY} instead: {NATS_CREDENTIALS_HINT}")
         if not value.startswith(("nats://", "tls://", "ws://", "wss://")):
             raise ValueError(f"{value!r} is not a NATS URL (nats://host:4222, tls://…)")
         return value

@@ -129,8 +129,8 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 
 #: Why a secret anywhere but in :data:`SECRET_KEYS` is refused.
 PUBLISHED_IN_CLEAR = ("is a Pulumi secret, but sgp-infra publishes this config in plain text (the catalogue "
-                      "ConfigMap, the Deployments' env and args, `render` output); only apiKeys and modelSecrets "
-                      "may be secrets. Put a model's token in sgp-infra:modelSecrets ("
+                      "ConfigMap, the Deployments' env and args, `render` output); only apiKeys, modelSecrets "
+                      "and natsCredentials may be secrets. Put a model's token in sgp-infra:modelSecrets ("
                       + MODEL_SECRETS_HINT + ") and list its name in the template's or model's secrets "
                       "(secrets: [<name>]): its container gets the variables from a Kubernetes Secret")
 #: Why a secret key given in clear is refused.

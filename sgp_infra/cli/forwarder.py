@@ -19,6 +19,10 @@ SIGTERM stops pulling and finishes held tasks within --drain-seconds.
       --backend http://127.0.0.1:5005 --nats nats://127.0.0.1:4222
 
 Probes on --port: /healthz, /readyz (NATS connected and the model healthy), /metrics.
+
+NATS credentials come from the environment: SGP_INFRA_NATS_TOKEN, or
+SGP_INFRA_NATS_USER and SGP_INFRA_NATS_PASSWORD (none: no auth). A server that
+refuses them is logged as an error and named in /readyz's 503.
 """
 
 
@@ -44,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..plan.nats import client_url
+        from ..tasks.auth import NatsAuthInvalid, auth_vars
         from ..tasks.service import UnknownAsyncModel, build_forwarder, forwarder_app
         from .serve import listen_error, listening_socket
     except ImportError as exc:
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return code
     try:
         forwarder = build_forwarder(catalog, args.model, args.backend, args.nats or client_url(catalog.settings))
-    except UnknownAsyncModel as exc:
+    except (UnknownAsyncModel, NatsAuthInvalid) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     app = forwarder_app(forwarder, args.drain_seconds)
@@ -70,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     # It connects in the background and retries forever, quietly at the default log level, so say where
     # it looks and where to see whether it got there.
-    print(f"forwarder for '{args.model}': tasks from {forwarder.broker.url}, model at {args.backend}; "
+    credentials = auth_vars(forwarder.broker.auth)
+    print(f"forwarder for '{args.model}': tasks from {forwarder.broker.url} (credentials: {credentials}), "
+          f"model at {args.backend}; "
           f"probes on http://{args.host}:{sock.getsockname()[1]}/readyz (503 until NATS and the model answer)",
           file=sys.stderr)
     with sock:

@@ -36,7 +36,10 @@ removed, so DIR holds exactly the current objects; other files are left alone.
 Secrets are never rendered: the API keys Secret and the Secrets of
 sgp-infra:modelSecrets that models list (secrets: [<name>]) are created by
 `pulumi up` from Pulumi secret config. The model Deployments reference them
-(envFrom sgp-infra-model-secret-<name>), and a note on stderr names them.
+(envFrom sgp-infra-model-secret-<name>), and a note on stderr names them. With
+sgp-infra:async.natsUrl, the API and ASYNC forwarders read SGP_INFRA_NATS_*
+from the Secret sgp-infra-nats-credentials (sgp-infra:natsCredentials), which
+is not rendered either.
 
 examples:
   python -m sgp_infra render --stack dev --out rendered/dev
@@ -149,15 +152,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def secrets_note(catalog: Catalog) -> str | None:
-    """What the rendered Deployments need that is not rendered: the model secrets' Secrets, or ``None``."""
+    """What the rendered Deployments need that is not rendered: the model secrets' and NATS credentials'
+    Secrets, or ``None``."""
     from ..plan.secrets import model_secret_name, used_secrets
 
+    from ..plan.nats import NATS_CREDENTIALS_SECRET, credentials_env, has_async
+
+    notes = []
     used = used_secrets(catalog)
-    if not used:
-        return None
-    names = ", ".join(model_secret_name(s) for s in used)
-    return (f"note: model Deployments reference Secrets that are not rendered ({names}): `pulumi up` creates them "
-            "from the Pulumi secret sgp-infra:modelSecrets; applied without them, those pods wait")
+    if used:
+        names = ", ".join(model_secret_name(s) for s in used)
+        notes.append(f"note: model Deployments reference Secrets that are not rendered ({names}): `pulumi up` "
+                     "creates them from the Pulumi secret sgp-infra:modelSecrets; applied without them, those "
+                     "pods wait")
+    if has_async(catalog) and credentials_env(catalog.settings):
+        notes.append(f"note: the API and the ASYNC forwarders read NATS credentials from the Secret "
+                     f"{NATS_CREDENTIALS_SECRET}, which is not rendered: `pulumi up` creates it from the Pulumi "
+                     "secret sgp-infra:natsCredentials when set; without it they connect without credentials")
+    return "\n".join(notes) or None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,6 +37,10 @@ API keys: SGP_INFRA_API_KEYS='{"<key>": ["<account>", ...]}'. When it is unset
 and --host is a loopback address, the dev key 'sgp-infra-dev-key' sees every
 account of the catalogue; on any other address the service refuses to start.
 
+ASYNC models: the NATS credentials (of --nats, or sgp-infra:async.natsUrl) come
+from SGP_INFRA_NATS_TOKEN, or SGP_INFRA_NATS_USER and SGP_INFRA_NATS_PASSWORD;
+the forwarders serve starts inherit them.
+
 Status: 'probe' asks each model's healthcheck route, 'kubernetes' reads the
 model Deployments (in a pod), 'none' reports every model ready.
 
@@ -238,6 +242,20 @@ def listen_error(host: str, port: int, exc: OSError) -> str:
     return message
 
 
+def nats_auth_problem(catalog: Catalog) -> Optional[str]:
+    """Why the ``SGP_INFRA_NATS_*`` credentials are unusable, for a catalogue with ASYNC models; else ``None``."""
+    from ..plan.nats import has_async
+    from ..tasks.auth import NatsAuthInvalid, nats_auth
+
+    if not has_async(catalog):
+        return None
+    try:
+        nats_auth()
+    except NatsAuthInvalid as exc:
+        return str(exc)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401 - checked here for the message below
@@ -264,6 +282,10 @@ def run(args: argparse.Namespace) -> int:
         limits = limits_of(args, catalog)
     except ValueError as exc:  # a flag out of its range
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    problem = nats_auth_problem(catalog)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     # The port first: taken, it is the one error, before a nats-server and forwarders start for nothing.
     try:

@@ -59,6 +59,9 @@ class CatalogApiArgs(TypedDict):
     """Key → accounts; defaults to the secret config ``sgp-infra:apiKeys``."""
     namespace: NotRequired[pulumi.Resource]
     """The Namespace resource, when this program creates it (adds the dependency)."""
+    nats_credentials: NotRequired[Optional[pulumi.Resource]]
+    """The NATS credentials Secret (``ModelCatalog.nats_credentials``) the API container reads: the
+    Deployment waits for it."""
     stack: NotRequired[str]
     """The stack the catalogue comes from, named by the API's write (405) answers; defaults to
     ``pulumi.get_stack()``."""
@@ -98,7 +101,8 @@ class CatalogApi(pulumi.ComponentResource):
         stack = args["stack"] if "stack" in args else pulumi.get_stack()
         planned = plan_api(catalog, stack)  # once: it serialises the whole catalogue
         for manifest in planned:
-            extra = [self.secret] if manifest["kind"] == "Deployment" and self.secret is not None else []
+            extra = [] if manifest["kind"] != "Deployment" else \
+                [r for r in (self.secret, args.get("nats_credentials")) if r is not None]
             suffix = child_suffix(manifest)
             self.children[suffix] = register_manifest(
                 f"{name}-{suffix}", manifest, pulumi.ResourceOptions(parent=self, depends_on=[*depends, *extra]))

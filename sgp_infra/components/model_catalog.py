@@ -1,5 +1,5 @@
 """``ModelCatalog``: a whole catalogue — namespace, shared objects, the model secrets' Secrets
-(``ModelSecrets``), one ModelEndpoint per model."""
+(``ModelSecrets``), the NATS credentials Secret (``sgp-infra:natsCredentials``), one ModelEndpoint per model."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..catalog import Catalog
 from ..plan import Plan, plan_catalog
 from .model_endpoint import ModelEndpoint, ModelEndpointArgs
 from .model_secrets import ModelSecrets, ModelSecretsArgs, checked_values, configured_values
+from .nats_credentials import check_credentials, configured_credentials, register_nats_credentials
 from .resources import register_manifest
 
 if sys.version_info >= (3, 11):
@@ -32,6 +33,9 @@ class ModelCatalogArgs(TypedDict):
     model_secrets: NotRequired[Optional[Mapping[str, Mapping[str, str]]]]
     """``{name: {ENV_VAR: value}}`` for the models' ``secrets``; defaults to the secret config
     ``sgp-infra:modelSecrets``."""
+    nats_credentials: NotRequired[Optional[Mapping[str, str]]]
+    """``{"token": ...}`` or ``{"user": ..., "password": ...}`` for ``natsUrl``; defaults to the secret
+    config ``sgp-infra:natsCredentials``."""
 
 
 def shared_suffix(manifest: dict[str, Any]) -> str:
@@ -55,6 +59,9 @@ class ModelCatalog(pulumi.ComponentResource):
         plan = args["plan"] if "plan" in args else plan_catalog(catalog)
         # Checked before anything is registered: a model naming a missing secret stops the program here.
         checked_values(catalog, args["model_secrets"] if "model_secrets" in args else configured_values())
+        nats_given = "nats_credentials" in args
+        nats_values = args["nats_credentials"] if nats_given else configured_credentials()
+        check_credentials(catalog, nats_values)
         super().__init__(TYPE, name, None, opts)
         self.shared: dict[str, pulumi.CustomResource] = {}
         namespace: Optional[pulumi.CustomResource] = None
@@ -78,14 +85,21 @@ class ModelCatalog(pulumi.ComponentResource):
             secrets_args["namespace"] = namespace
         #: The Secrets of ``sgp-infra:modelSecrets`` entries that models list.
         self.model_secrets = ModelSecrets(f"{name}-secrets", secrets_args, pulumi.ResourceOptions(parent=self))
+        #: The Secret the API and the ASYNC forwarders read NATS credentials from (``None``: not set).
+        self.nats_credentials = register_nats_credentials(
+            name, catalog, nats_values, nats_given,
+            pulumi.ResourceOptions(parent=self, depends_on=[namespace] if namespace else None))
         self.endpoints = {}
         for model_name, model_plan in plan.models.items():
             model = catalog.models[model_name]
             endpoint_args: ModelEndpointArgs = {"model": model, "settings": catalog.settings, "plan": model_plan}
             if namespace is not None:
                 endpoint_args["namespace"] = namespace
-            if model.secrets:
-                endpoint_args["secrets"] = [self.model_secrets.secrets[s] for s in model.secrets]
+            needs = [self.model_secrets.secrets[s] for s in model.secrets]
+            if model.is_async and self.nats_credentials is not None:  # its forwarder logs in with them
+                needs.append(self.nats_credentials)
+            if needs:
+                endpoint_args["secrets"] = needs
             self.endpoints[model_name] = ModelEndpoint(f"{name}-{model_plan.object_name}", endpoint_args,
                                                        pulumi.ResourceOptions(parent=self))
         self.urls = pulumi.Output.all(**{n: e.url for n, e in self.endpoints.items()}) if self.endpoints \

@@ -32,7 +32,8 @@ class ModelEndpointArgs(TypedDict):
     plan: NotRequired[ModelPlan]
     """The model's plan when the caller already planned the catalogue."""
     secrets: NotRequired[list[pulumi.Resource]]
-    """The Secrets its container's ``envFrom`` names (``ModelSecrets``): the Deployment waits for them."""
+    """The Secrets its containers read (``ModelSecrets``' envFrom, an ASYNC forwarder's NATS credentials):
+    the Deployment waits for them."""
 
 
 def plan_for(args: ModelEndpointArgs) -> ModelPlan:

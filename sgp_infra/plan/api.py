@@ -27,6 +27,7 @@ from ..catalog import Catalog
 from ..catalog.settings import SERVE_LIMIT_FLAGS
 from .ingress import plan_ingress
 from .labels import COMPONENT, INSTANCE, MANAGED_BY, MANAGED_BY_KEY, NAME, PART_OF, PART_OF_KEY
+from .nats import credentials_env, has_async
 from .service import in_cluster_url
 
 API_NAME = "sgp-infra-api"
@@ -155,6 +156,8 @@ def resources(catalog: Catalog) -> dict[str, Any]:
 def container(catalog: Catalog, stack: Optional[str] = None) -> dict[str, Any]:
     http = {"path": "/healthz", "port": API_PORT_NAME}
     stack_env = [{"name": STACK_ENV, "value": stack}] if stack else []
+    # ASYNC models on an existing NATS (natsUrl): its credentials, by reference (plan/nats.py).
+    nats_env = credentials_env(catalog.settings) if has_async(catalog) else []
     return {
         "name": "api",
         "image": catalog.settings.api.image,
@@ -165,6 +168,7 @@ def container(catalog: Catalog, stack: Optional[str] = None) -> dict[str, Any]:
              "valueFrom": {"secretKeyRef": {"name": API_KEYS_SECRET, "key": API_KEYS_KEY, "optional": True}}},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
             *stack_env,
+            *nats_env,
         ],
         "resources": resources(catalog),
         "readinessProbe": {"httpGet": {**http, "path": "/readyz"}, "periodSeconds": 5, "failureThreshold": 3},

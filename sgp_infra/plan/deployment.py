@@ -147,7 +147,8 @@ def forwarder_container(model: Model, settings: StackSettings) -> dict[str, Any]
                  "--backend", f"http://127.0.0.1:{MODEL_PORT}", "--nats", nats.client_url(settings),
                  "--host", "0.0.0.0", "--port", str(FORWARDER_PORT),
                  "--drain-seconds", str(grace_seconds(model) - 5)],
-        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        # With natsUrl: the credentials of the existing NATS, by reference (plan/nats.py).
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, *nats.credentials_env(settings)],
         "ports": [{"name": FORWARDER_PORT_NAME, "containerPort": FORWARDER_PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
         "readinessProbe": {"httpGet": {**http, "path": "/readyz"}, "periodSeconds": 5, "failureThreshold": 3},

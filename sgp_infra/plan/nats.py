@@ -13,6 +13,13 @@ Two things are decided here and nowhere else:
   writes results) all take their names and limits from it, so they can never
   disagree.  Names carry the stack's namespace, so stacks sharing one NATS
   (``sgp-infra:async.natsUrl``) never share a queue.
+* **The credentials of an existing NATS** (:func:`credentials_secret`,
+  :func:`credentials_env`): with ``natsUrl``, the API and forwarder
+  containers read ``SGP_INFRA_NATS_*`` from the Secret
+  ``sgp-infra-nats-credentials`` (each key optional: a NATS without auth needs
+  none, and ``sgp-infra:natsCredentials`` holds a token or a user and
+  password).  Only the Secret's metadata is planned; its values come from the
+  Pulumi secret in the component, never into a plain manifest.
 * **The in-cluster NATS** (:func:`plan_nats`), planned when the catalogue has
   ASYNC models and no ``natsUrl``: a StatefulSet with JetStream file storage
   on a PVC per server, a headless Service (stable pod names for cluster routes
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from ..catalog import Catalog, ConfigError, Model, StackSettings, config_path
+from ..catalog.nats_credentials import ENV_VARS
 from .labels import (API_POD_SELECTOR, COMPONENT, INSTANCE, MANAGED_BY, MANAGED_BY_KEY, NAME, PART_OF, PART_OF_KEY,
                      TASK_WORKER_POD_SELECTOR)
 
@@ -53,6 +61,8 @@ STORE_SHARE = 0.9
 ACK_WAIT_MARGIN_SECONDS = 30
 #: The label KEDA's own Helm chart puts on its operator pods, which read the monitoring port for lag.
 KEDA_OPERATOR_SELECTOR = {"app.kubernetes.io/name": "keda-operator"}
+#: The Secret holding ``sgp-infra:natsCredentials`` (keys ``token``, or ``user`` and ``password``).
+NATS_CREDENTIALS_SECRET = "sgp-infra-nats-credentials"
 
 
 def ack_wait_seconds(task_timeout_seconds: int) -> int:
@@ -177,6 +187,30 @@ def client_url(settings: StackSettings) -> str:
     if settings.async_.nats_url:
         return settings.async_.nats_url
     return f"nats://{NATS_NAME}.{settings.namespace}.svc.cluster.local:{CLIENT_PORT}"
+
+
+def credentials_secret(namespace: str) -> dict[str, Any]:
+    """The NATS credentials Secret's shape without its values (``stringData`` is added by the component)."""
+    labels = {NAME: NATS_CREDENTIALS_SECRET, INSTANCE: NATS_CREDENTIALS_SECRET, COMPONENT: "broker-credentials",
+              PART_OF_KEY: PART_OF, MANAGED_BY_KEY: MANAGED_BY}
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": NATS_CREDENTIALS_SECRET, "namespace": namespace, "labels": labels}}
+
+
+def credentials_env(settings: StackSettings) -> list[dict[str, Any]]:
+    """The ``SGP_INFRA_NATS_*`` env entries of the API and forwarder containers (none without ``natsUrl``).
+
+    Every key is ``optional``: the Secret exists only when
+    ``sgp-infra:natsCredentials`` is set, and holds either ``token`` or
+    ``user``/``password``; the client uses what it finds
+    (``sgp_infra/tasks/auth.py``).  So the manifests do not depend on the
+    secret's shape, and ``render`` plans the same Deployments as ``pulumi up``.
+    """
+    if not settings.async_.nats_url:
+        return []
+    return [{"name": var, "valueFrom": {"secretKeyRef": {"name": NATS_CREDENTIALS_SECRET, "key": key,
+                                                         "optional": True}}}
+            for key, var in ENV_VARS.items()]
 
 
 def monitoring_endpoint(settings: StackSettings) -> Optional[str]:

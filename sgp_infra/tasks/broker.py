@@ -9,20 +9,29 @@ comes first creates them).  It offers the few operations tasks need:
 publish a task with a JetStream acknowledgement, read a task's state (its
 record, else its queued message), write a record with compare-and-set, and
 read a consumer's pending count.
+
+Credentials come from ``SGP_INFRA_NATS_*`` (:mod:`.auth`).  A server that
+refuses them (or asks for credentials none were given for) is retried like an
+outage, since its auth config may be fixed while this process runs, but not
+silently: the first refusal of each streak is logged as an error naming the URL
+and the variables (never their values), and :attr:`TaskBroker.auth_error`
+carries it to the API's 503 answers and the forwarder's ``/readyz``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Mapping, Optional
 
 import nats
+from nats.errors import AuthorizationError
 from nats.errors import Error as NatsError
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from ..plan.nats import ModelQueue, TaskLayout
+from .auth import PASSWORD_VAR, TOKEN_VAR, USER_VAR, auth_vars, nats_auth
 from .records import MSG_ID_HEADER, TaskMessage, TaskRecord
 
 #: Default result retention for a queued task whose model left the catalogue (the record's default).
@@ -40,12 +49,30 @@ class BrokerUnavailable(Exception):
     """NATS is not connected, or JetStream did not acknowledge in time: nothing was stored."""
 
 
+def is_auth_refusal(exc: BaseException) -> bool:
+    """The server refused the connection's credentials (or wanted some): ``-ERR 'Authorization Violation'``.
+
+    nats-py raises :class:`~nats.errors.AuthorizationError` when a connected
+    client is refused, but a plain :class:`~nats.errors.Error` with the
+    server's text while it connects.
+    """
+    return isinstance(exc, AuthorizationError) or "authorization violation" in str(exc).lower()
+
+
 class TaskBroker:
     """One process's connection to the stack's JetStream objects."""
 
     def __init__(self, url: str, layout: TaskLayout, *, name: str = "sgp-infra",
-                 queues: Optional[list[str]] = None) -> None:
-        """``queues``: the models whose consumers this process ensures (default: all of the layout's)."""
+                 queues: Optional[list[str]] = None, auth: Optional[Mapping[str, str]] = None) -> None:
+        """``queues``: the models whose consumers this process ensures (default: all of the layout's).
+
+        ``auth``: ``nats.connect`` credentials (``token``, or ``user`` and
+        ``password``); default from ``SGP_INFRA_NATS_*``
+        (:class:`~sgp_infra.tasks.auth.NatsAuthInvalid` if they do not make one set).
+        """
+        self.auth = dict(nats_auth() if auth is None else auth)
+        #: Why the server refused this process's credentials, while it does (``None``: no refusal).
+        self.auth_error: Optional[str] = None
         self.url = url
         self.layout = layout
         self.name = name
@@ -99,6 +126,7 @@ class TaskBroker:
 
     async def _run(self) -> None:
         async def reconnected() -> None:
+            self.auth_error = None
             # A broker restarted from its file store still has everything; one that lost its store
             # (a new dev server) needs the objects again.
             asyncio.create_task(self._ensure_loop())
@@ -108,13 +136,18 @@ class TaskBroker:
                 log.warning("nats disconnected", extra={"url": self.url})
 
         async def error(exc: Exception) -> None:
-            log.debug("nats: %s", exc)
+            if is_auth_refusal(exc):
+                self._auth_refused(exc)
+            else:
+                log.debug("nats: %s", exc)
 
         # max_reconnect_attempts=-1: the first connection and every reconnection are retried forever.
         self.nc = await nats.connect(
             self.url, name=self.name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2,
             allow_reconnect=True, reconnected_cb=reconnected, disconnected_cb=disconnected, error_cb=error,
+            **self.auth,
         )
+        self.auth_error = None
         self.js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_SECONDS)
         await self._ensure_loop()
 
@@ -176,7 +209,19 @@ class TaskBroker:
 
     def _require(self) -> None:
         if not self.ready:
-            raise BrokerUnavailable("the task broker (NATS JetStream) is not connected")
+            reason = "; it refused this service's NATS credentials" if self.auth_error else ""
+            raise BrokerUnavailable(f"the task broker (NATS JetStream) is not connected{reason}")
+
+    def _auth_refused(self, exc: BaseException) -> None:
+        """Record (and log, once per streak of refusals) why the server refused to admit this process."""
+        if self.auth:
+            message = f"NATS at {self.url} refused the credentials in {auth_vars(self.auth)}: {exc}"
+        else:
+            message = (f"NATS at {self.url} requires credentials and none are set ({TOKEN_VAR}, or {USER_VAR} "
+                       f"and {PASSWORD_VAR}): {exc}")
+        if self.auth_error is None:
+            log.error("%s; retrying", message)
+        self.auth_error = message
 
     # -- operations ----------------------------------------------------------------------------------
 

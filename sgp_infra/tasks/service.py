@@ -4,7 +4,8 @@ The app's lifespan starts the broker connection and the pull loop and, on
 shutdown (uvicorn turns SIGTERM into it), drains: stop pulling, finish held
 tasks within ``drain_seconds``, return the rest to the queue.  Its routes are
 the sidecar's probes and metrics: ``/healthz`` (the process runs),
-``/readyz`` (NATS connected and the model container healthy) and ``/metrics``.
+``/readyz`` (NATS connected and the model container healthy; when NATS refused
+the ``SGP_INFRA_NATS_*`` credentials, its 503 says so) and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ class UnknownAsyncModel(ValueError):
 
 
 def build_forwarder(catalog: Catalog, model_name: str, backend: str, nats_url: str) -> Forwarder:
-    """The forwarder of one ASYNC model, with its own broker connection (names from ``task_layout``)."""
+    """The forwarder of one ASYNC model, with its own broker connection (names from ``task_layout``).
+
+    Its NATS credentials come from ``SGP_INFRA_NATS_*`` (``NatsAuthInvalid`` if they do not make one set).
+    """
     model = catalog.model(model_name)
     if model is None:
         raise UnknownAsyncModel(f"no model named or with id '{model_name}' in the catalogue")
@@ -58,7 +62,10 @@ def forwarder_app(forwarder: Forwarder, drain_seconds: float) -> Starlette:
     async def readyz(_request: Request) -> Response:
         if await forwarder.ready():
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not ready", "nats": forwarder.broker.ready}, status_code=503)
+        body: dict[str, object] = {"status": "not ready", "nats": forwarder.broker.ready}
+        if forwarder.broker.auth_error:  # the credentials were refused: say so (names variables, never values)
+            body["error"] = forwarder.broker.auth_error
+        return JSONResponse(body, status_code=503)
 
     async def metrics(_request: Request) -> Response:
         return Response(generate_latest(forwarder.metrics.registry), media_type=CONTENT_TYPE_LATEST)
