@@ -60,6 +60,8 @@ class LocalNats:
     store_dir: Optional[Path] = None
     port: int = 0
     monitor_port: int = 0
+    #: More ``nats-server`` flags, e.g. ``("--auth", TOKEN)`` or ``("--user", U, "--pass", P)`` (tests).
+    extra_args: Sequence[str] = ()
     process: Optional[subprocess.Popen[bytes]] = None
     _temp: Optional[str] = field(default=None, repr=False)
 
@@ -80,7 +82,7 @@ class LocalNats:
         self.monitor_port = self.monitor_port or free_port()
         self.process = subprocess.Popen(
             [nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(self.port),
-             "-m", str(self.monitor_port), "--server_name", f"sgp-infra-local-{self.port}"],
+             "-m", str(self.monitor_port), "--server_name", f"sgp-infra-local-{self.port}", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_healthy(timeout)
         return self
