@@ -88,6 +88,19 @@ def test_the_forwarder_refuses_an_incomplete_set(tmp_path: Path, monkeypatch: py
     assert "SGP_INFRA_NATS_PASSWORD is not set" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_serve_refuses_an_incomplete_set_before_starting_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from sgp_infra.cli import main
+
+    stack = write_stack(tmp_path, async_raw())
+    monkeypatch.setenv("SGP_INFRA_NATS_TOKEN", TOKEN)
+    monkeypatch.setenv("SGP_INFRA_NATS_PASSWORD", PASSWORD)
+    assert main(["serve", "--config-file", str(stack), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "error: set either SGP_INFRA_NATS_TOKEN, or SGP_INFRA_NATS_USER and SGP_INFRA_NATS_PASSWORD" in err
+    assert TOKEN not in err and PASSWORD not in err
+
+
 # -- the broker ------------------------------------------------------------------------------------
 
 

@@ -280,7 +280,8 @@ def test_cli_secret_in_published_config_is_a_listed_problem(tmp_path: Path,
     current = write_stack(tmp_path / "Pulumi.t.yaml", raw)
     assert main(["diff", "--config-file", str(current), "--base", str(base)]) == 1
     captured = capsys.readouterr()
-    assert "sgp-infra:namespace" in captured.out and "only apiKeys, modelSecrets and natsCredentials may be secrets" in captured.out
+    assert "sgp-infra:namespace" in captured.out
+    assert "only apiKeys, modelSecrets and natsCredentials may be secrets" in captured.out
     assert "is invalid" in captured.err and "Traceback" not in captured.err
 
 

@@ -95,7 +95,7 @@ class ModelCatalog(pulumi.ComponentResource):
             endpoint_args: ModelEndpointArgs = {"model": model, "settings": catalog.settings, "plan": model_plan}
             if namespace is not None:
                 endpoint_args["namespace"] = namespace
-            needs = [self.model_secrets.secrets[s] for s in model.secrets]
+            needs: list[pulumi.Resource] = [self.model_secrets.secrets[s] for s in model.secrets]
             if model.is_async and self.nats_credentials is not None:  # its forwarder logs in with them
                 needs.append(self.nats_credentials)
             if needs:
