@@ -225,6 +225,7 @@ def test_forwarder_on_a_taken_port_says_so_and_otherwise_says_where_it_looks() -
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
-    assert re.fullmatch(r"forwarder for 'transcriber': tasks from nats://127\.0\.0\.1:9, model at "
+    assert re.fullmatch(r"forwarder for 'transcriber': tasks from nats://127\.0\.0\.1:9 \(credentials: none\), "
+                        r"model at "
                         r"http://127\.0\.0\.1:9; probes on http://127\.0\.0\.1:\d+/readyz \(503 until NATS and "
                         r"the model answer\)\n", line), line
