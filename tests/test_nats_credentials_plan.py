@@ -90,6 +90,21 @@ def test_a_nats_url_with_credentials_points_at_the_secret_key() -> None:
     assert "sgp-infra:natsCredentials" in str(caught.value) and PASSWORD not in str(caught.value)
 
 
+def test_validate_reports_credentials_without_nats_url_from_the_stack_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = dev_config(**{"sgp-infra:natsCredentials": {"secure": "v1:AAAAciphertext"}})
+    stack = tmp_path / "Pulumi.t.yaml"
+    stack.write_text(yaml.safe_dump({"config": config}))
+    assert main(["validate", "--config-file", str(stack)]) == 0
+    capsys.readouterr()
+    del config["sgp-infra:async"]
+    stack.write_text(yaml.safe_dump({"config": config}))
+    assert main(["validate", "--config-file", str(stack)]) != 0
+    captured = capsys.readouterr()
+    assert "sgp-infra:natsCredentials: is set, but sgp-infra:async.natsUrl is not" in captured.out + captured.err
+    assert "ciphertext" not in captured.out + captured.err
+
+
 # -- the planner -----------------------------------------------------------------------------------
 
 

@@ -27,6 +27,19 @@ NATS_CREDENTIALS_HINT = ("pulumi config set --secret sgp-infra:natsCredentials '
 SHAPES = (frozenset({"token"}), frozenset({"user", "password"}))
 
 
+def credentials_without_url(present: bool, nats_url: Optional[str]) -> list[ConfigError]:
+    """The key is set (``present``; its value is not needed) but no ``natsUrl`` names a NATS to use it with.
+
+    Checked by ``validate``/``render`` from the stack file too, where the value is ciphertext.
+    """
+    if not present or nats_url:
+        return []
+    return [ConfigError(config_path(NATS_CREDENTIALS_KEY),
+                        "is set, but sgp-infra:async.natsUrl is not: the in-cluster NATS has no auth and is "
+                        "reached only through its NetworkPolicy; credentials are for an existing NATS named by "
+                        "natsUrl (remove this key, or set natsUrl)")]
+
+
 def nats_credentials_problems(value: Any, nats_url: Optional[str]) -> list[ConfigError]:
     """Why the decrypted ``sgp-infra:natsCredentials`` cannot be used, without ever quoting a value.
 
@@ -35,10 +48,7 @@ def nats_credentials_problems(value: Any, nats_url: Optional[str]) -> list[Confi
     """
     key = NATS_CREDENTIALS_KEY
     if not nats_url:
-        return [ConfigError(config_path(key), "is set, but sgp-infra:async.natsUrl is not: the in-cluster NATS has "
-                                              "no auth and is reached only through its NetworkPolicy; credentials "
-                                              "are for an existing NATS named by natsUrl (remove this key, or set "
-                                              "natsUrl)")]
+        return credentials_without_url(True, nats_url)
     if not isinstance(value, Mapping) or frozenset(str(k) for k in value) not in SHAPES:
         fields = sorted(str(k) for k in value) if isinstance(value, Mapping) else None
         found = f" (it has {', '.join(fields) or 'no fields'})" if fields is not None else ""

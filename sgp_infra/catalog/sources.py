@@ -21,6 +21,7 @@ import yaml
 from .build import build_catalog
 from .errors import NAMESPACE, CatalogInvalid, ConfigError, config_path
 from .model import Catalog
+from .nats_credentials import NATS_CREDENTIALS_KEY, credentials_without_url
 from .secrets import MODEL_SECRETS_HINT, MODEL_SECRETS_KEY
 from .settings import SECRET_HINTS, SECRET_KEYS
 
@@ -236,8 +237,11 @@ def catalog_from_doc(doc: Mapping[str, Any]) -> Catalog:
         catalog = build_catalog(raw_from_stack_doc(doc))
     except CatalogInvalid as exc:
         raise CatalogInvalid([*stray, *exc.errors]) from None
-    if stray:
-        raise CatalogInvalid(stray)
+    config = doc.get("config") or {}
+    late = [*stray, *credentials_without_url(PREFIX + NATS_CREDENTIALS_KEY in config,
+                                             catalog.settings.async_.nats_url)]
+    if late:
+        raise CatalogInvalid(late)
     return catalog
 
 
@@ -282,13 +286,15 @@ def load_pulumi() -> Catalog:
     """Validate the catalogue in the running Pulumi program's stack config (stray keys included, as ``validate``)."""
     from pulumi.runtime import config as runtime_config
 
-    stray = stray_keys(set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env()))
+    keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    stray = stray_keys(keys)
     try:
         catalog = build_catalog(raw_from_pulumi())
     except CatalogInvalid as exc:
         raise CatalogInvalid([*stray, *exc.errors]) from None
-    if stray:
-        raise CatalogInvalid(stray)
+    late = [*stray, *credentials_without_url(PREFIX + NATS_CREDENTIALS_KEY in keys, catalog.settings.async_.nats_url)]
+    if late:
+        raise CatalogInvalid(late)
     return catalog
 
 
