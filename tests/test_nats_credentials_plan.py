@@ -216,22 +216,34 @@ def test_the_program_creates_the_secret_and_the_password_reaches_nothing_else(
     assert PASSWORD not in caplog.text
 
 
+def stopped_program(config: dict[str, Any]) -> str:
+    """Run the program on ``config`` (natsCredentials secret), expecting it to stop; its error text.
+
+    Called inside a ``pulumi.runtime.test`` test, which awaits the log calls the
+    program makes before it stops (left pending, they would be reported by a later test).
+    """
+    pulumi.runtime.set_all_config(engine_config(config), ["sgp-infra:natsCredentials"])
+    with pytest.raises(pulumi.RunError) as caught:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+    return str(caught.value)
+
+
+@pulumi.runtime.test
 def test_credentials_with_the_in_cluster_nats_stop_the_program(program_run: tuple[Recorder, OutputsMonitor]) -> None:
     recorder, _ = program_run
     config = dev_config(**{"sgp-infra:natsCredentials": {"token": PASSWORD}})
     del config["sgp-infra:async"]
-    with pytest.raises(pulumi.RunError) as caught:
-        run_main(config, ["sgp-infra:natsCredentials"])
-    assert "sgp-infra:natsCredentials: is set, but sgp-infra:async.natsUrl is not" in str(caught.value)
-    assert PASSWORD not in str(caught.value)
+    text = stopped_program(config)
+    assert "sgp-infra:natsCredentials: is set, but sgp-infra:async.natsUrl is not" in text and PASSWORD not in text
     assert not [r for r in recorder.registered if r.type.startswith("kubernetes:")]
 
 
+@pulumi.runtime.test
 def test_malformed_credentials_stop_the_program(program_run: tuple[Recorder, OutputsMonitor]) -> None:
-    config = dev_config(**{"sgp-infra:natsCredentials": {"user": PASSWORD}})
-    with pytest.raises(pulumi.RunError) as caught:
-        run_main(config, ["sgp-infra:natsCredentials"])
-    assert "sgp-infra:natsCredentials: must be" in str(caught.value) and PASSWORD not in str(caught.value)
+    recorder, _ = program_run
+    text = stopped_program(dev_config(**{"sgp-infra:natsCredentials": {"user": PASSWORD}}))
+    assert "sgp-infra:natsCredentials: must be" in text and PASSWORD not in text
+    assert not [r for r in recorder.registered if r.type.startswith("kubernetes:")]
 
 
 def test_credentials_in_clear_stop_the_program(program_run: tuple[Recorder, OutputsMonitor]) -> None:
