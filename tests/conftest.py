@@ -9,10 +9,9 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
-import pulumi
 import pytest
 
-from mock_helpers import Recorder
+from mock_helpers import Recorder, set_mocks
 
 
 class MainLoop:
@@ -108,5 +107,5 @@ def unfreeze_heap() -> Iterator[None]:
 def recorder() -> Recorder:
     """Pulumi mocks that record what a program registers (a test file may define its own)."""
     rec = Recorder()
-    pulumi.runtime.set_mocks(rec, preview=False)
+    set_mocks(rec, preview=False)
     return rec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Optional
 
 import pulumi
@@ -32,3 +33,20 @@ def strict_schema(schema: Any) -> Any:
     if isinstance(schema, list):
         return [strict_schema(v) for v in schema]
     return schema
+
+
+def set_mocks(mocks: pulumi.runtime.Mocks, **kwargs: Any) -> None:
+    """``pulumi.runtime.set_mocks``, then let the root stack's registration it starts finish.
+
+    ``set_mocks`` registers the root Stack at once, as tasks on the main
+    thread's event loop that only a ``@pulumi.runtime.test`` run drives.  A
+    test that calls the config API directly never runs the loop, so those
+    tasks were destroyed pending later, during whatever test ran then: an
+    unawaited-coroutine warning, which this suite makes an error (a flaky one,
+    since it came with garbage collection).
+    """
+    pulumi.runtime.set_mocks(mocks, **kwargs)
+    loop = asyncio.get_event_loop_policy().get_event_loop()
+    pending = asyncio.all_tasks(loop)
+    if pending:
+        loop.run_until_complete(asyncio.wait(pending, timeout=10))

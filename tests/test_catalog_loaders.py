@@ -14,6 +14,7 @@ import yaml
 
 from catalog_fixtures import ROOT, STACKS, raw_catalog
 from sgp_infra.catalog import CatalogInvalid, load_file, load_pulumi
+from mock_helpers import set_mocks
 
 
 def pulumi_config_of(config: dict[str, Any]) -> dict[str, str]:
@@ -45,7 +46,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
 @pytest.fixture
 def mocks() -> RecordingMocks:
     mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project="sgp-infra", stack="test", preview=False)
+    set_mocks(mocks, project="sgp-infra", stack="test", preview=False)
     yield mocks
     pulumi.runtime.set_all_config({}, [])
 

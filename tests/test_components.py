@@ -25,6 +25,7 @@ from sgp_infra.catalog import build_catalog, load_file
 from sgp_infra.components import ModelEndpoint
 from sgp_infra.plan import plan_catalog
 from sgp_infra.plan.api import plan_api
+from mock_helpers import set_mocks
 
 
 @dataclass
@@ -65,7 +66,7 @@ class RecordingMonitor(MockMonitor):
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
     mocks = Recorder()
-    pulumi.runtime.set_mocks(mocks, project="sgp-infra", stack="test", preview=False,
+    set_mocks(mocks, project="sgp-infra", stack="test", preview=False,
                              monitor=RecordingMonitor(mocks))
     yield mocks
     pulumi.runtime.set_all_config({})

@@ -19,6 +19,7 @@ from pulumi.runtime.mocks import MockMonitor
 
 from sgp_infra.catalog import load_file
 from sgp_infra.plan import plan_catalog
+from mock_helpers import set_mocks
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "platform-team"
@@ -79,7 +80,7 @@ class RecordingMonitor(MockMonitor):
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
     mocks = Recorder()
-    pulumi.runtime.set_mocks(mocks, project="ml-platform", stack="test", preview=False,
+    set_mocks(mocks, project="ml-platform", stack="test", preview=False,
                              monitor=RecordingMonitor(mocks))
     yield mocks
     pulumi.runtime.set_all_config({})

@@ -27,6 +27,7 @@ from sgp_infra.plan import plan_catalog
 from sgp_infra.plan.secrets import env_from, model_secret, model_secret_name, model_secret_problems, used_secrets
 from test_components import Recorder, RecordingMonitor, engine_config
 from test_manifest_schemas import validate
+from mock_helpers import set_mocks
 
 TOKEN = "hf_never_published_0123456789abcdef"
 
@@ -178,7 +179,7 @@ def program_run() -> Iterator[tuple[Recorder, OutputsMonitor]]:
     mocks = Recorder()
     monitor = OutputsMonitor(mocks)
     monitor.outputs = []
-    pulumi.runtime.set_mocks(mocks, project="sgp-infra", stack="test", preview=False, monitor=monitor)
+    set_mocks(mocks, project="sgp-infra", stack="test", preview=False, monitor=monitor)
     yield mocks, monitor
     pulumi.runtime.set_all_config({}, [])
 

@@ -27,6 +27,7 @@ from sgp_infra.plan.api import plan_api
 from sgp_infra.plan.nats import NATS_CREDENTIALS_SECRET, credentials_env, credentials_secret
 from test_components import Recorder, RecordingMonitor, engine_config
 from test_manifest_schemas import validate
+from mock_helpers import set_mocks
 
 PASSWORD = "nats-password-never-published-4242"
 EXTERNAL = {"natsUrl": "nats://nats.example.internal:4222", "monitoringEndpoint": "nats.example.internal:8222"}
@@ -173,7 +174,7 @@ def program_run() -> Iterator[tuple[Recorder, OutputsMonitor]]:
     mocks = Recorder()
     monitor = OutputsMonitor(mocks)
     monitor.outputs = []
-    pulumi.runtime.set_mocks(mocks, project="sgp-infra", stack="test", preview=False, monitor=monitor)
+    set_mocks(mocks, project="sgp-infra", stack="test", preview=False, monitor=monitor)
     yield mocks, monitor
     pulumi.runtime.set_all_config({}, [])
 
