@@ -13,6 +13,9 @@ import pytest
 
 from mock_helpers import Recorder, set_mocks
 
+#: Fixtures shared by several test modules (``program_run``: the whole program under mocks).
+pytest_plugins = ["program_helpers"]
+
 
 class MainLoop:
     """The main thread's event loop for Pulumi's mocks, and the loops Pulumi makes in its worker threads.

@@ -50,3 +50,15 @@ def set_mocks(mocks: pulumi.runtime.Mocks, **kwargs: Any) -> None:
     pending = asyncio.all_tasks(loop)
     if pending:
         loop.run_until_complete(asyncio.wait(pending, timeout=10))
+
+
+#: How resource inputs mark a secret on the wire between a Pulumi program and the engine (and so
+#: as mocks receive them): ``{SECRET_SIG_KEY: SECRET_SIG, "value": ...}``.  Constants of the
+#: engine's resource-monitor protocol, spelled out here rather than read from the SDK's private names.
+SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+
+def is_secret(value: Any) -> bool:
+    """Whether ``value``, a resource input as mocks receive it, is marked secret."""
+    return isinstance(value, dict) and value.get(SECRET_SIG_KEY) == SECRET_SIG

@@ -17,7 +17,7 @@ from sgp_infra.plan.api import (API_KEYS_KEY, CATALOG_CONFIGMAP, CATALOG_KEY, CH
                                 catalog_document, plan_api)
 
 from api_helpers import ROOT
-from mock_helpers import Recorder
+from mock_helpers import Recorder, is_secret
 
 CATALOG = load_file(ROOT / "stacks" / "Pulumi.dev.yaml")
 
@@ -42,7 +42,7 @@ def test_component_registers_the_planned_objects_and_a_secret(recorder: Recorder
         _, secret = recorder.registered["api-secret"]
         # The value reaches the engine wrapped as a secret (Pulumi's secret signature).
         wrapped = secret["stringData"]
-        assert wrapped[pulumi.runtime.rpc._special_sig_key] == pulumi.runtime.rpc._special_secret_sig
+        assert is_secret(wrapped)
         assert json.loads(wrapped["value"][API_KEYS_KEY]) == keys
         _, cm = recorder.registered["api-configmap"]
         assert json.loads(cm["data"][CATALOG_KEY]) == CATALOG.stack_document()

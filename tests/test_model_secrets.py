@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import copy
 import json
-import runpy
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pulumi
 import pytest
 import yaml
 
-from plan_fixtures import ROOT, STACKS, container, find, plan_raw, pod_spec, raw_catalog
+from plan_fixtures import STACKS, container, find, plan_raw, pod_spec, raw_catalog
 from sgp_infra.catalog import CatalogInvalid, build_catalog, load_file, load_pulumi
 from sgp_infra.catalog.secrets import MODEL_SECRET_PREFIX, model_secrets_problems
 from sgp_infra.catalog.sources import raw_from_stack_doc
@@ -25,9 +24,10 @@ from sgp_infra.cli import main
 from sgp_infra.components import ModelCatalog
 from sgp_infra.plan import plan_catalog
 from sgp_infra.plan.secrets import env_from, model_secret, model_secret_name, model_secret_problems, used_secrets
-from test_components import Recorder, RecordingMonitor, engine_config
+from test_components import Recorder, engine_config
 from test_manifest_schemas import validate
-from mock_helpers import set_mocks
+from mock_helpers import is_secret
+from program_helpers import OutputsMonitor, run_main
 
 TOKEN = "hf_never_published_0123456789abcdef"
 
@@ -164,42 +164,11 @@ def test_missing_secrets_and_clashing_variables_are_errors_at_the_list_that_name
 # -- the Pulumi program ---------------------------------------------------------------------------
 
 
-class OutputsMonitor(RecordingMonitor):
-    """Also keeps every component's and the stack's registered outputs, as sent to the engine."""
-
-    outputs: list[str]
-
-    def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
-        self.outputs.append(str(request.outputs))
-        return super().RegisterResourceOutputs(request)
-
-
-@pytest.fixture
-def program_run() -> Iterator[tuple[Recorder, OutputsMonitor]]:
-    mocks = Recorder()
-    monitor = OutputsMonitor(mocks)
-    monitor.outputs = []
-    set_mocks(mocks, project="sgp-infra", stack="test", preview=False, monitor=monitor)
-    yield mocks, monitor
-    pulumi.runtime.set_all_config({}, [])
-
-
 def prod_config_with_secrets() -> dict[str, Any]:
     prod = next(p for p in STACKS if p.name == "Pulumi.prod.yaml")
     config = yaml.safe_load(prod.read_text())["config"]
     config["sgp-infra:templates"]["vllm-chat"]["secrets"] = ["hf"]
     return config
-
-
-def run_main(config: dict[str, Any], secret_keys: list[str]) -> None:
-    pulumi.runtime.set_all_config(engine_config(config), secret_keys)
-
-    @pulumi.runtime.test
-    def program() -> pulumi.Output[int]:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-        return pulumi.Output.from_input(0)
-
-    program()
 
 
 def test_the_program_creates_the_secret_and_the_token_reaches_nothing_else(
@@ -216,7 +185,7 @@ def test_the_program_creates_the_secret_and_the_token_reaches_nothing_else(
     assert secret.parent.endswith("sgp-infra:index:ModelSecrets::sgp-infra-secrets")
     # The value reaches the engine wrapped as a secret (Pulumi's secret signature).
     wrapped = secret.inputs["stringData"]
-    assert wrapped[pulumi.runtime.rpc._special_sig_key] == pulumi.runtime.rpc._special_secret_sig
+    assert is_secret(wrapped)
     assert wrapped["value"] == {"HF_TOKEN": TOKEN}
     # Every model of the template gets envFrom, and its Deployment waits for the Secret.
     catalog = load_file_of(config)
@@ -302,7 +271,7 @@ def test_model_catalog_takes_the_values_as_an_argument(recorder: Any) -> Any:
         typ, secret = recorder.registered["lib-secrets-hf"]
         assert typ == "kubernetes:core/v1:Secret"
         assert secret["metadata"]["name"] == "sgp-infra-model-secret-hf"
-        assert secret["stringData"][pulumi.runtime.rpc._special_sig_key] == pulumi.runtime.rpc._special_secret_sig
+        assert is_secret(secret["stringData"])
         assert secret["stringData"]["value"] == {"HF_TOKEN": TOKEN}
         others = {n: inputs for n, (_t, inputs) in recorder.registered.items() if n != "lib-secrets-hf"}
         assert TOKEN not in json.dumps(others, default=str)

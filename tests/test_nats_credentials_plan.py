@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import runpy
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pulumi
 import pytest
@@ -25,9 +25,10 @@ from sgp_infra.components import ModelCatalog
 from sgp_infra.plan import plan_catalog
 from sgp_infra.plan.api import plan_api
 from sgp_infra.plan.nats import NATS_CREDENTIALS_SECRET, credentials_env, credentials_secret
-from test_components import Recorder, RecordingMonitor, engine_config
+from test_components import Recorder, engine_config
 from test_manifest_schemas import validate
-from mock_helpers import set_mocks
+from mock_helpers import is_secret
+from program_helpers import OutputsMonitor, run_main
 
 PASSWORD = "nats-password-never-published-4242"
 EXTERNAL = {"natsUrl": "nats://nats.example.internal:4222", "monitoringEndpoint": "nats.example.internal:8222"}
@@ -159,37 +160,6 @@ def test_render_writes_no_secret_and_says_so(tmp_path: Path, capsys: pytest.Capt
 # -- the Pulumi program ---------------------------------------------------------------------------
 
 
-class OutputsMonitor(RecordingMonitor):
-    """Also keeps every registered output, as sent to the engine."""
-
-    outputs: list[str]
-
-    def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
-        self.outputs.append(str(request.outputs))
-        return super().RegisterResourceOutputs(request)
-
-
-@pytest.fixture
-def program_run() -> Iterator[tuple[Recorder, OutputsMonitor]]:
-    mocks = Recorder()
-    monitor = OutputsMonitor(mocks)
-    monitor.outputs = []
-    set_mocks(mocks, project="sgp-infra", stack="test", preview=False, monitor=monitor)
-    yield mocks, monitor
-    pulumi.runtime.set_all_config({}, [])
-
-
-def run_main(config: dict[str, Any], secret_keys: list[str]) -> None:
-    pulumi.runtime.set_all_config(engine_config(config), secret_keys)
-
-    @pulumi.runtime.test
-    def program() -> pulumi.Output[int]:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-        return pulumi.Output.from_input(0)
-
-    program()
-
-
 def test_the_program_creates_the_secret_and_the_password_reaches_nothing_else(
         program_run: tuple[Recorder, OutputsMonitor], caplog: pytest.LogCaptureFixture) -> None:
     recorder, monitor = program_run
@@ -202,7 +172,7 @@ def test_the_program_creates_the_secret_and_the_password_reaches_nothing_else(
     assert secret.parent.endswith("sgp-infra:index:ModelCatalog::sgp-infra")
     assert secret.inputs["metadata"] == credentials_secret("sgp-dev")["metadata"]
     wrapped = secret.inputs["stringData"]
-    assert wrapped[pulumi.runtime.rpc._special_sig_key] == pulumi.runtime.rpc._special_secret_sig
+    assert is_secret(wrapped)
     assert wrapped["value"] == {"user": "sgp", "password": PASSWORD}
     # The API's Deployment and each ASYNC model's Deployment wait for it.
     catalog = catalog_of(config)
