@@ -23,7 +23,7 @@ import pulumi
 from ..api_keys import ApiKeysInvalid, parse_api_keys
 from ..catalog import Catalog
 from ..plan.api import API_KEYS_KEY, CHECKSUM_ANNOTATION, api_keys_secret, api_url, plan_api
-from .resources import child_suffix, register_manifest
+from .resources import child_suffix, register_manifest, register_secret
 
 if sys.version_info >= (3, 11):
     from typing import NotRequired
@@ -90,12 +90,10 @@ class CatalogApi(pulumi.ComponentResource):
         if keys is None:
             pulumi.log.warn(f"sgp-infra:apiKeys is not set; set it with {SET_KEYS_HINT}", self)
         else:
-            manifest = {**api_keys_secret(ns),
-                        "stringData": {API_KEYS_KEY: pulumi.Output.secret(keys).apply(keys_document)}}
-            self.secret = register_manifest(
-                f"{name}-secret", manifest,
-                pulumi.ResourceOptions(parent=self, depends_on=depends,
-                                       additional_secret_outputs=["stringData", "data"]))
+            self.secret = register_secret(
+                f"{name}-secret", api_keys_secret(ns),
+                pulumi.Output.secret(keys).apply(lambda value: {API_KEYS_KEY: keys_document(value)}),
+                pulumi.ResourceOptions(parent=self, depends_on=depends))
 
         self.children: dict[str, pulumi.CustomResource] = {}
         stack = args["stack"] if "stack" in args else pulumi.get_stack()

@@ -24,7 +24,7 @@ from ..catalog import Catalog, CatalogInvalid, config_path
 from ..catalog.errors import NAMESPACE
 from ..catalog.secrets import MODEL_SECRETS_KEY, model_secrets_problems
 from ..plan.secrets import model_secret, model_secret_problems, used_secrets
-from .resources import register_manifest
+from .resources import register_secret
 
 if sys.version_info >= (3, 11):
     from typing import NotRequired
@@ -91,13 +91,11 @@ class ModelSecrets(pulumi.ComponentResource):
             for unused in sorted(set(values) - set(used)):
                 pulumi.log.warn(f"{config_path(MODEL_SECRETS_KEY, unused)} is listed by no template or model; "
                                 "no Secret is created for it", self)
-        source: Any = (pulumi.Output.secret(values) if given
-                       else pulumi.Config(NAMESPACE).get_secret_object(MODEL_SECRETS_KEY))
+        source: Any = pulumi.Output.secret(values if given
+                                           else pulumi.Config(NAMESPACE).get_secret_object(MODEL_SECRETS_KEY))
         for secret in used:
-            manifest = {**model_secret(secret, catalog.settings.namespace),
-                        "stringData": source.apply(lambda all_values, s=secret: dict(all_values[s]))}
-            self.secrets[secret] = register_manifest(
-                f"{name}-{secret}", manifest,
-                pulumi.ResourceOptions(parent=self, depends_on=depends,
-                                       additional_secret_outputs=["stringData", "data"]))
+            self.secrets[secret] = register_secret(
+                f"{name}-{secret}", model_secret(secret, catalog.settings.namespace),
+                source.apply(lambda all_values, s=secret: dict(all_values[s])),
+                pulumi.ResourceOptions(parent=self, depends_on=depends))
         self.register_outputs({})

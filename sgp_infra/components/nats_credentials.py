@@ -22,7 +22,7 @@ from ..catalog import Catalog, CatalogInvalid
 from ..catalog.errors import NAMESPACE
 from ..catalog.nats_credentials import NATS_CREDENTIALS_KEY, nats_credentials_problems
 from ..plan.nats import credentials_secret, has_async
-from .resources import register_manifest
+from .resources import register_secret
 
 
 def configured_credentials() -> Optional[Any]:
@@ -54,9 +54,7 @@ def register_nats_credentials(name: str, catalog: Catalog, values: Optional[Mapp
     """
     if values is None or not has_async(catalog):
         return None
-    source: Any = (pulumi.Output.secret(values) if given
-                   else pulumi.Config(NAMESPACE).get_secret_object(NATS_CREDENTIALS_KEY))
-    manifest = {**credentials_secret(catalog.settings.namespace),
-                "stringData": source.apply(lambda value: {str(k): str(v) for k, v in value.items()})}
-    opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["stringData", "data"]))
-    return register_manifest(f"{name}-nats-credentials", manifest, opts)
+    source: Any = pulumi.Output.secret(values if given
+                                       else pulumi.Config(NAMESPACE).get_secret_object(NATS_CREDENTIALS_KEY))
+    return register_secret(f"{name}-nats-credentials", credentials_secret(catalog.settings.namespace),
+                           source.apply(lambda value: {str(k): str(v) for k, v in value.items()}), opts)

@@ -78,3 +78,16 @@ def register_manifest(name: str, manifest: Mapping[str, Any], opts: Optional[pul
             opts=opts, **fields,
         )
     return cls(name, metadata=metadata, opts=opts, **{_snake(k): v for k, v in fields.items()})
+
+
+def register_secret(name: str, manifest: Mapping[str, Any], string_data: pulumi.Input[Mapping[str, Any]],
+                    opts: Optional[pulumi.ResourceOptions] = None) -> pulumi.CustomResource:
+    """Register a planned Secret (metadata only, from the planner) with its values as ``stringData``.
+
+    The values go to the engine as a Pulumi secret, and the provider's
+    ``stringData`` and ``data`` outputs are kept secret too, so no value is
+    ever stored or shown in clear in the state or a preview.
+    """
+    secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["stringData", "data"])
+    return register_manifest(name, {**manifest, "stringData": pulumi.Output.secret(string_data)},
+                             pulumi.ResourceOptions.merge(opts, secret_opts))
